@@ -1,0 +1,71 @@
+"""ament_python package clino_vpr_ros. The version lives in clino_vpr_ros/__init__.py only."""
+
+import re
+from glob import glob
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PACKAGE = "clino_vpr_ros"
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / PACKAGE / "__init__.py").read_text()).group(1)
+
+# Robot runtime: no torch. Training/export side: torch and friends. ROS from wheels where no
+# ROS 2 install exists (on a robot with ROS 2 installed from apt, skip the `ros` extra).
+RUNTIME = [
+    "numpy>=1.26",
+    "opencv-python-headless>=4.8",
+    "onnxruntime>=1.17",  # onnxruntime-gpu on a robot with a GPU
+    "faiss-cpu>=1.8",  # faiss-gpu on a robot with a GPU
+    "rosbags>=0.10",
+    "gtsam>=4.2",
+    "matplotlib>=3.7",
+    "tqdm>=4.60",
+    "pyyaml>=6",
+]
+TRAIN = [
+    "torch>=2.2",
+    "transformers>=4.40",
+    "safetensors>=0.4",
+    "pytorch-metric-learning>=2.5",
+    "onnx>=1.16",
+]
+ROS_WHEELS = [
+    "ros-rclpy[fastrtps]",
+    "ros-sensor-msgs",
+    "ros-nav-msgs",
+    "ros-geometry-msgs",
+    "ros-std-msgs",
+    "ros-std-srvs",
+    "ros-visualization-msgs",
+    "ros-diagnostic-msgs",
+]
+
+setup(
+    name=PACKAGE,
+    version=VERSION,
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/models", glob("models/*.onnx") + glob("models/*.md") + glob("models/*.json")),
+    ],
+    python_requires=">=3.10",
+    install_requires=RUNTIME,
+    extras_require={"train": TRAIN, "ros": ROS_WHEELS, "test": ["pytest>=7"]},
+    zip_safe=True,
+    maintainer="clino_vpr_ros maintainers",
+    maintainer_email="maintainers@clino-vpr.invalid",
+    description="Learned loop closure for ROS 2: CLINO-VPR gated encoder, faiss keyframe index, "
+    "verified loop closures and multi-session maps.",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "clino-vpr = clino_vpr_ros.cli:main",
+            "clino_vpr_node = clino_vpr_ros.ros.node:main",
+        ],
+    },
+)
