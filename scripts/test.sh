@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets up (scripts/setup.sh) and runs the whole test suite: core, model/export/runtime, engine,
+# and the ROS 2 node over real DDS. Usage: bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+# A domain of our own so that concurrent ROS 2 processes on the machine do not cross-talk.
+export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 110 ))}
+exec python -m pytest test -q -p no:cacheprovider "$@"
