@@ -1,0 +1,387 @@
+"""The loop-closure engine: keyframes -> faiss index -> candidates -> geometric verification.
+
+ROS-free and encoder-free: it consumes :class:`FrameInput` (a descriptor plus optional image,
+intrinsics, odometry pose and depth) and returns the loop closures to publish now. Only keyframes
+are indexed and used as queries. Each query keyframe searches its own session (minus the recent
+past, see :class:`~clino_vpr_ros.index.IndexConfig`) and every prior session map loaded
+read-only; candidates go through :class:`~clino_vpr_ros.candidates.CandidateFilter` and the
+temporally consistent ones are verified with :func:`~clino_vpr_ros.verify.verify_pair`.
+
+Frames: ``T_query_match`` is the pose of the match keyframe's base frame in the query keyframe's
+base frame (``query_base_T_match_base``); it is computed from the camera-frame verification with
+each session's ``base_T_camera`` (identity when not given). When ``metric`` is False its
+translation is a unit direction (scale unobservable) and the covariance says so. Covariances are
+6x6, order x, y, z, roll, pitch, yaw (metres, radians), expressed in the query base frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clino_vpr_ros.candidates import Candidate, CandidateConfig, CandidateFilter
+from clino_vpr_ros.index import IndexConfig, KeyframeIndex
+from clino_vpr_ros.keyframes import KeyframeConfig, KeyframeSelector
+from clino_vpr_ros.session_map import SessionMap, SessionMapBuilder, check_compatible
+from clino_vpr_ros.verify import LocalFeatures, Verification, VerifyConfig, extract_features, to_gray, verify_pair
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs besides the encoder; nested configs are documented in their modules.
+
+    autosave_period_s: 0 disables; otherwise :meth:`LoopClosureEngine.maybe_autosave` writes
+    ``autosave_path`` at most that often. publish_unverified: also publish candidates that failed
+    or could not get geometric verification (``verified=False``); off by default.
+    """
+
+    keyframes: KeyframeConfig = KeyframeConfig()
+    index: IndexConfig = IndexConfig()
+    candidates: CandidateConfig = CandidateConfig()
+    verify: VerifyConfig = VerifyConfig()
+    frame_id: str = "odom"
+    autosave_period_s: float = 0.0
+    autosave_path: str = ""
+    publish_unverified: bool = False
+    descriptor_norm_tolerance: float = 1e-2
+
+    def __post_init__(self) -> None:
+        if self.autosave_period_s < 0:
+            raise ValueError(f"autosave_period_s must be >= 0, got {self.autosave_period_s}")
+        if self.autosave_period_s > 0 and not self.autosave_path:
+            raise ValueError("autosave_period_s > 0 needs an autosave_path")
+
+
+ENGINE_PRESETS: dict[str, EngineConfig] = {
+    "default": EngineConfig(),
+    # HNSW keeps query time ~flat beyond ~100k keyframes at a small recall cost (see `clino-vpr bench index`)
+    "large_map": EngineConfig(index=IndexConfig(kind="hnsw")),
+    # fewer, more certain closures: ORB-SLAM3-like 4 consecutive matches, cuVGL-like 40 inliers
+    "strict": EngineConfig(candidates=CandidateConfig(min_consecutive=4, min_score=0.7), verify=VerifyConfig(min_inliers=40)),
+    # no odometry: keyframes by time and novelty only
+    "no_odometry": EngineConfig(keyframes=KeyframeConfig(min_distance_m=None, min_rotation_deg=None, max_interval_s=5.0)),
+}
+
+
+def get_engine_config(name: str) -> EngineConfig:
+    """A named preset; ValueError listing the valid names otherwise."""
+    if name not in ENGINE_PRESETS:
+        raise ValueError(f"unknown engine preset {name!r}; valid: {', '.join(ENGINE_PRESETS)}")
+    return ENGINE_PRESETS[name]
+
+
+@dataclass(frozen=True)
+class FrameInput:
+    """One camera frame for the engine.
+
+    stamp: seconds; descriptor: float32 (D,) L2-normalised; image: uint8 (H,W) gray or (H,W,3) RGB
+    at the original resolution (None: no geometric verification possible); K: float64 (3,3)
+    intrinsics of that image or None; odom_T_base: float64 (4,4) or None; depth: float32 (H,W)
+    metres aligned with the image, or None.
+    """
+
+    stamp: float
+    descriptor: np.ndarray
+    image: np.ndarray | None = None
+    K: np.ndarray | None = None
+    odom_T_base: np.ndarray | None = None
+    depth: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class LoopClosure:
+    """A loop closure between the query keyframe (live session) and a match keyframe (any session).
+
+    T_query_match: float64 (4,4) pose of the match base frame in the query base frame.
+    covariance: float64 (6,6), order x, y, z, roll, pitch, yaw, query base frame.
+    query_pose/match_pose: float64 (4,4) odometry poses of the two keyframes, or None.
+    """
+
+    query_stamp: float
+    match_stamp: float
+    query_session: str
+    match_session: str
+    query_id: int
+    match_id: int
+    score: float
+    verified: bool
+    inliers: int
+    T_query_match: np.ndarray
+    metric: bool
+    covariance: np.ndarray
+    query_pose: np.ndarray | None = None
+    match_pose: np.ndarray | None = None
+
+    @property
+    def inter_session(self) -> bool:
+        return self.query_session != self.match_session
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (arrays as nested lists)."""
+        out = asdict(self)
+        for key in ("T_query_match", "covariance", "query_pose", "match_pose"):
+            out[key] = None if out[key] is None else np.asarray(out[key]).tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoopClosure:
+        kw = dict(d)
+        for key in ("T_query_match", "covariance", "query_pose", "match_pose"):
+            kw[key] = None if kw.get(key) is None else np.asarray(kw[key], dtype=np.float64)
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """is_keyframe; keyframe_id (-1 when not a keyframe); closures to publish now."""
+
+    is_keyframe: bool
+    keyframe_id: int
+    closures: list[LoopClosure] = field(default_factory=list)
+
+
+@dataclass
+class _Prior:
+    smap: SessionMap
+    index: KeyframeIndex
+
+
+def _rotate_covariance(cov: np.ndarray, R: np.ndarray) -> np.ndarray:
+    B = np.zeros((6, 6))
+    B[:3, :3] = B[3:, 3:] = R
+    return B @ cov @ B.T
+
+
+class LoopClosureEngine:
+    """Per-frame loop-closure detection for one live session, with read-only prior maps."""
+
+    def __init__(self, cfg: EngineConfig, descriptor_dim: int, fingerprint: str, session_id: str,
+                 base_T_camera: np.ndarray | None = None) -> None:
+        if descriptor_dim <= 0:
+            raise ValueError(f"descriptor_dim must be > 0, got {descriptor_dim}")
+        if not session_id:
+            raise ValueError("session_id must be a non-empty string")
+        if base_T_camera is not None:
+            base_T_camera = np.asarray(base_T_camera, dtype=np.float64)
+            if base_T_camera.shape != (4, 4) or not np.all(np.isfinite(base_T_camera)):
+                raise ValueError(f"base_T_camera must be a finite (4,4) transform, got shape {base_T_camera.shape}")
+        self.cfg = cfg
+        self.descriptor_dim = int(descriptor_dim)
+        self.fingerprint = fingerprint
+        self.session_id = session_id
+        self.base_T_camera = base_T_camera
+        self._priors: list[_Prior] = []
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget the live session (keyframes, index, filters, counters); prior maps stay loaded."""
+        self._live = SessionMapBuilder(self.session_id, self.fingerprint, self.descriptor_dim, self.cfg.frame_id,
+                                       self.cfg.verify.feature, self.base_T_camera)
+        self._index = KeyframeIndex(self.descriptor_dim, self.cfg.index)
+        self._selector = KeyframeSelector(self.cfg.keyframes)
+        self._filter = CandidateFilter(self.cfg.candidates)
+        self._next_id = 0
+        self._last_autosave_clock: float | None = None
+        self._counts = {"frames": 0, "candidates": 0, "verified": 0, "rejected": 0, "unverifiable": 0, "published": 0}
+
+    def load_prior_map(self, path: str | Path) -> SessionMap:
+        """Load an earlier session map read-only and query against it from now on.
+
+        Raises FileNotFoundError, or ValueError for a corrupt map or one from another model.
+        """
+        smap = SessionMap.load(path, expected_fingerprint=self.fingerprint, expected_dim=self.descriptor_dim)
+        self.add_prior_map(smap)
+        return smap
+
+    def add_prior_map(self, smap: SessionMap) -> None:
+        """Query against an in-memory map (checked like :meth:`load_prior_map`)."""
+        check_compatible(smap, self.fingerprint, self.descriptor_dim, f"map of session {smap.session_id!r}")
+        if self.session_id in smap.session_ids:
+            raise ValueError(f"prior map already contains the live session id {self.session_id!r}; give this session a new id")
+        if smap.header.get("feature") != self.cfg.verify.feature:
+            log.warning("prior map uses %s local features, engine uses %s: its keyframes cannot be verified",
+                        smap.header.get("feature"), self.cfg.verify.feature)
+        index = KeyframeIndex(self.descriptor_dim, self.cfg.index)
+        if len(smap):
+            index.add(smap.ids, smap.descriptors, smap.stamps)
+        self._priors.append(_Prior(smap, index))
+        log.info("prior map %s: %d keyframes of sessions %s", smap.path or "(memory)", len(smap), smap.session_ids)
+
+    def snapshot(self) -> SessionMap:
+        """The live session as a :class:`SessionMap` (copy)."""
+        return self._live.snapshot()
+
+    def save_map(self, path: str | Path) -> Path:
+        """Atomically save the live session map; returns the path."""
+        return self._live.snapshot().save(path)
+
+    def maybe_autosave(self, now: float) -> Path | None:
+        """Save to ``cfg.autosave_path`` when ``autosave_period_s`` has elapsed since the last save.
+
+        ``now``: any monotonic clock in seconds (the same one on every call).
+        """
+        period = self.cfg.autosave_period_s
+        if period <= 0:
+            return None
+        if self._last_autosave_clock is None:
+            self._last_autosave_clock = now
+            return None
+        if now - self._last_autosave_clock < period:
+            return None
+        self._last_autosave_clock = now
+        return self.save_map(self.cfg.autosave_path)
+
+    def stats(self) -> dict:
+        """Counters: keyframes, index size, prior maps and their keyframes, candidates, verified, rejected, ..."""
+        return {
+            "keyframes": len(self._live),
+            "index_size": len(self._index),
+            "prior_maps": len(self._priors),
+            "prior_keyframes": sum(len(p.smap) for p in self._priors),
+            **self._counts,
+        }
+
+    def wants_frame(self, stamp: float) -> bool:
+        """Cheap check before encoding: False when the frame cannot become a keyframe (too soon)."""
+        return self._selector.time_gate_open(stamp)
+
+    # ------------------------------------------------------------------ per frame
+    def _validated_descriptor(self, d: np.ndarray) -> np.ndarray:
+        d = np.asarray(d)
+        if d.shape != (self.descriptor_dim,):
+            raise ValueError(f"descriptor has shape {d.shape}, expected ({self.descriptor_dim},) from encoder {self.fingerprint!r}")
+        d = d.astype(np.float32)
+        if not np.all(np.isfinite(d)):
+            raise ValueError("descriptor contains NaN or Inf (encoder failure?); frame refused")
+        norm = float(np.linalg.norm(d))
+        if abs(norm - 1.0) > self.cfg.descriptor_norm_tolerance:
+            raise ValueError(f"descriptor must be L2-normalised, its norm is {norm:.4f}")
+        return d / norm
+
+    @staticmethod
+    def _validate_frame(frame: FrameInput) -> None:
+        if not np.isfinite(frame.stamp):
+            raise ValueError(f"frame stamp must be finite, got {frame.stamp}")
+        if frame.image is not None:
+            img = frame.image
+            if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
+                raise ValueError(f"image must be uint8 (H,W) or (H,W,3) RGB, got {img.dtype} {img.shape}")
+            if frame.depth is not None and frame.depth.shape != img.shape[:2]:
+                raise ValueError(f"depth shape {frame.depth.shape} must equal the image's {img.shape[:2]}")
+        for name, value, shape in (("K", frame.K, (3, 3)), ("odom_T_base", frame.odom_T_base, (4, 4))):
+            if value is not None and (np.shape(value) != shape or not np.all(np.isfinite(value))):
+                raise ValueError(f"{name} must be a finite {shape} array, got shape {np.shape(value)}")
+
+    def process(self, frame: FrameInput) -> FrameResult:
+        """Feed one frame; returns whether it became a keyframe and the closures to publish now.
+
+        Raises ValueError for a descriptor of the wrong dimension, with NaN/Inf or not normalised,
+        and for malformed images, intrinsics, poses or depth.
+        """
+        desc = self._validated_descriptor(frame.descriptor)
+        self._validate_frame(frame)
+        self._counts["frames"] += 1
+        odom = None if frame.odom_T_base is None else np.asarray(frame.odom_T_base, np.float64)
+        if not self._selector.accept(frame.stamp, desc, odom):
+            return FrameResult(False, -1, [])
+        features = None
+        if frame.image is not None:
+            features = extract_features(to_gray(frame.image), self.cfg.verify, frame.depth)
+        K = None if frame.K is None else np.asarray(frame.K, np.float64)
+        query_seq = len(self._live)
+        candidates = self._retrieve(desc, frame.stamp, query_seq)
+        ready = self._filter.update(query_seq, self._reference_score(desc), candidates)
+        kf_id = self._next_id
+        self._next_id += 1
+        self._live.append(kf_id, frame.stamp, desc, odom, K, features)
+        self._index.add(kf_id, desc, frame.stamp)
+        closures = self._verify_ready(ready, kf_id, frame.stamp, odom, K, features)
+        return FrameResult(True, kf_id, closures)
+
+    def _reference_score(self, desc: np.ndarray) -> float | None:
+        n = len(self._live)
+        if n == 0:
+            return None
+        w = min(n, self.cfg.candidates.adaptive_window)
+        recent = np.stack([self._live.descriptor(r) for r in range(n - w, n)])
+        return float(np.max(recent @ desc))
+
+    def _retrieve(self, desc: np.ndarray, stamp: float, query_seq: int) -> list[Candidate]:
+        k = self.cfg.candidates.top_k
+        found: list[Candidate] = []
+        scores, ids, rows = self._index.search(desc, k, query_stamp=stamp, exclude_recent=True)
+        for s, i, r in zip(scores[0], ids[0], rows[0]):
+            if r >= 0:
+                found.append(Candidate(query_seq, stamp, self.session_id, int(r), int(i), float(self._index.stamps[r]), float(s)))
+        for p_i, prior in enumerate(self._priors):
+            scores, ids, rows = prior.index.search(desc, k)
+            for s, i, r in zip(scores[0], ids[0], rows[0]):
+                if r >= 0:
+                    found.append(Candidate(query_seq, stamp, prior.smap.session_of(r), int(r), int(i),
+                                           float(prior.smap.stamps[r]), float(s), source=p_i))
+        found.sort(key=lambda c: -c.score)
+        found = found[:k]
+        self._counts["candidates"] += len(found)
+        return found
+
+    def _match_info(self, c: Candidate) -> tuple[str, LocalFeatures | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """(session id, features, K, pose, base_T_camera) of a candidate's match keyframe."""
+        if c.source < 0:
+            _, _, pose, K = self._live.row_info(c.match_seq)
+            return self.session_id, self._live.features(c.match_seq), K, pose, self.base_T_camera
+        smap, r = self._priors[c.source].smap, c.match_seq
+        return c.match_session, smap.features(r), smap.intrinsics_of(r), smap.pose(r), smap.base_T_camera(r)
+
+    def _verify_ready(self, ready: list[Candidate], kf_id: int, stamp: float, odom: np.ndarray | None,
+                      K: np.ndarray | None, features: LocalFeatures | None) -> list[LoopClosure]:
+        closures: list[LoopClosure] = []
+        done_sources: set[tuple[int, str]] = set()
+        for c in ready[: self.cfg.candidates.max_verifications]:
+            if (c.source, c.match_session) in done_sources:
+                continue
+            session, m_feat, m_K, m_pose, m_bTc = self._match_info(c)
+            if features is None or m_feat is None:
+                self._counts["unverifiable"] += 1
+                v = None
+            else:
+                v = verify_pair(features, K, m_feat, m_K, self.cfg.verify)
+                self._counts["verified" if v.accepted else "rejected"] += 1
+                if not v.accepted:
+                    log.debug("candidate %s/%d rejected: %s", session, c.match_id, v.reason)
+            if (v is None or not v.accepted) and not self.cfg.publish_unverified:
+                continue
+            closures.append(self._closure(c, session, kf_id, stamp, odom, m_pose, v, m_bTc))
+            self._filter.mark_published(c)
+            done_sources.add((c.source, c.match_session))
+        self._counts["published"] += len(closures)
+        return closures
+
+    def _closure(self, c: Candidate, session: str, kf_id: int, stamp: float, odom: np.ndarray | None,
+                 m_pose: np.ndarray | None, v: Verification | None, m_bTc: np.ndarray | None) -> LoopClosure:
+        accepted = v is not None and v.accepted
+        if v is None:
+            T, cov, metric, inliers = np.eye(4), np.eye(6) * 1e6, False, 0
+        else:
+            T, cov = self._to_base(v, m_bTc)
+            metric, inliers = v.metric, v.inliers
+        return LoopClosure(stamp, c.match_stamp, self.session_id, session, kf_id, c.match_id, c.score, accepted,
+                           inliers, T, metric and accepted, cov, odom, m_pose)
+
+    def _to_base(self, v: Verification, m_bTc: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Camera-frame verification -> (query_base_T_match_base, covariance in the query base frame)."""
+        q_bTc = np.eye(4) if self.base_T_camera is None else self.base_T_camera
+        m_bTc = np.eye(4) if m_bTc is None else m_bTc
+        if v.metric:
+            T = q_bTc @ v.qcam_T_mcam @ np.linalg.inv(m_bTc)
+        else:
+            # scale unknown: rotate the direction, ignore the lever arms
+            T = np.eye(4)
+            T[:3, :3] = q_bTc[:3, :3] @ v.qcam_T_mcam[:3, :3] @ m_bTc[:3, :3].T
+            T[:3, 3] = q_bTc[:3, :3] @ v.qcam_T_mcam[:3, 3]
+        return T, _rotate_covariance(v.covariance, q_bTc[:3, :3])

@@ -1,0 +1,498 @@
+"""Evaluation: Recall@K on downloader-format folders and loop-closure precision/recall.
+
+``clino-vpr eval recall --model X.onnx|X.safetensors --data DIR [--radius 25]``
+``clino-vpr eval loops --closures closures.csv --groundtruth SESSION_DIR [...] --out DIR``
+
+Importing this module needs neither torch nor ROS: a torch model is only touched when one is passed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from clino_vpr_ros.datasets import DownloaderSet, load_model_inputs, read_downloader_set
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_KS = (1, 5, 10)
+
+
+# ------------------------------------------------------------------------------------------ Recall@K
+
+
+def recall_at_k(
+    db: np.ndarray,
+    queries: np.ndarray,
+    db_xy: np.ndarray,
+    q_xy: np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+    radius_m: float = 25.0,
+) -> dict[int, float]:
+    """Fraction of queries with a database image within ``radius_m`` among their top-K (cosine) matches.
+
+    db: float32 (N, D) and queries: float32 (M, D) L2-normalised descriptors; db_xy (N, 2) and
+    q_xy (M, 2) metric positions (UTM east, north). Queries with no database image within the radius
+    cannot be answered and are excluded (their count is logged). Returns {k: recall in [0, 1]}.
+    """
+    import faiss
+
+    db = _check_descriptors(db, "db")
+    queries = _check_descriptors(queries, "queries")
+    db_xy, q_xy = _check_xy(db_xy, len(db), "db_xy"), _check_xy(q_xy, len(queries), "q_xy")
+    if db.shape[1] != queries.shape[1]:
+        raise ValueError(f"descriptor sizes differ: db {db.shape[1]}, queries {queries.shape[1]}")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    d2 = ((q_xy[:, None, :] - db_xy[None, :, :]) ** 2).sum(-1)  # (M, N); eval sets are small enough
+    positives = d2 <= radius_m**2
+    has_positive = positives.any(1)
+    n_excluded = int((~has_positive).sum())
+    if n_excluded:
+        logger.info("%d of %d queries have no database image within %.1f m: excluded", n_excluded, len(q_xy), radius_m)
+    if not has_positive.any():
+        raise ValueError(f"no query has a database image within {radius_m} m: wrong radius or wrong coordinates?")
+    index = faiss.IndexFlatIP(db.shape[1])
+    index.add(db)
+    _, nn = index.search(queries[has_positive], min(ks[-1], len(db)))
+    hit = np.take_along_axis(positives[has_positive], nn, axis=1)  # (M', K) True where the match is close
+    first_hit = np.where(hit.any(1), hit.argmax(1), np.iinfo(np.int64).max)
+    return {k: float((first_hit < k).mean()) for k in ks}
+
+
+def _check_descriptors(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"{name} must be a non-empty float32 (N, D) array, got shape {x.shape}")
+    return x
+
+
+def _check_xy(xy: np.ndarray, n: int, name: str) -> np.ndarray:
+    xy = np.asarray(xy, dtype=np.float64)
+    if xy.shape != (n, 2):
+        raise ValueError(f"{name} must have shape ({n}, 2), got {xy.shape}")
+    return xy
+
+
+# ------------------------------------------------------------------------------------------ encoding
+
+
+def model_image_size(model: Any) -> tuple[int, int]:
+    """Input (H, W) of a RuntimeEncoder or a torch GatedEncoder."""
+    for owner in (model, getattr(model, "cfg", None), getattr(model, "config", None)):
+        size = getattr(owner, "image_size", None) if owner is not None else None
+        if size is not None:
+            return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    raise ValueError(f"cannot tell the input size of {type(model).__name__}: pass image_size explicitly")
+
+
+def encode_images(model: Any, images: np.ndarray) -> np.ndarray:
+    """Descriptors float32 (B, D) of uint8 (B, H, W, 3) RGB images, from a RuntimeEncoder or a torch GatedEncoder."""
+    if hasattr(model, "encode"):  # torch-free RuntimeEncoder
+        return np.ascontiguousarray(model.encode(images, "rgb8").descriptors, dtype=np.float32)
+    import torch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            desc, _ = model(torch.from_numpy(np.ascontiguousarray(images)).to(device))
+    finally:
+        model.train(was_training)
+    return np.ascontiguousarray(desc.float().cpu().numpy())
+
+
+def encode_paths(
+    model: Any, paths: Sequence[Path], batch_size: int = 32, image_size: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Encode image files with the shared preprocessing. Returns float32 (len(paths), D)."""
+    from tqdm import tqdm
+
+    size = image_size or model_image_size(model)
+    chunks = []
+    starts = range(0, len(paths), batch_size)
+    for start in tqdm(starts, desc="encode", unit="batch", disable=not progress, leave=False):
+        chunks.append(encode_images(model, load_model_inputs(list(paths[start : start + batch_size]), size)))
+    return np.concatenate(chunks, axis=0)
+
+
+def evaluate_folder(
+    model: Any,
+    root: Path | str | DownloaderSet,
+    radius_m: float = 25.0,
+    batch_size: int = 32,
+    ks: Sequence[int] = DEFAULT_KS,
+    image_size: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Recall@K of ``model`` on a downloader-format folder.
+
+    Returns {"recall": {k: float}, "n_database": int, "n_queries": int, "radius_m": float}.
+    """
+    data = root if isinstance(root, DownloaderSet) else read_downloader_set(root)
+    db = encode_paths(model, data.database_paths, batch_size, image_size, progress)
+    q = encode_paths(model, data.query_paths, batch_size, image_size, progress)
+    recall = recall_at_k(db, q, data.database_xy, data.query_xy, ks=ks, radius_m=radius_m)
+    return {"recall": recall, "n_database": len(db), "n_queries": len(q), "radius_m": float(radius_m)}
+
+
+# ---------------------------------------------------------------------------------- loop closures
+
+
+@dataclass(frozen=True)
+class PRResult:
+    """Loop-closure precision/recall.
+
+    precision, recall: at the lowest score (every reported closure accepted). thresholds: float64 (T,)
+    descending; curve: float64 (T, 2) columns (precision, recall) when accepting scores >= threshold.
+    """
+
+    precision: float
+    recall: float
+    max_recall_at_100_precision: float
+    auc: float
+    thresholds: np.ndarray
+    curve: np.ndarray
+    n_closures: int
+    n_correct: int
+    n_gt_queries: int
+
+
+def loop_closure_pr(
+    scores: np.ndarray,
+    query_xy: np.ndarray,
+    match_xy: np.ndarray,
+    query_ids: np.ndarray,
+    n_gt_queries: int,
+    time_gaps_s: np.ndarray | None = None,
+    radius_m: float = 10.0,
+    min_time_gap_s: float = 30.0,
+) -> PRResult:
+    """Precision/recall of reported loop closures against ground-truth positions.
+
+    scores (P,): confidence of each closure (higher = surer). query_xy/match_xy (P, 2) or (P, 3):
+    ground-truth positions of the two frames. query_ids (P,): an id per query frame (several closures
+    of one query count once for recall). n_gt_queries: number of ground-truth loop queries (query
+    frames that have a true revisit) = the recall denominator. time_gaps_s (P,): |t_q - t_m| for
+    same-session pairs, inf across sessions; a pair closer than ``min_time_gap_s`` is temporally
+    adjacent, not a loop, and counts as a false positive.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    p = len(scores)
+    qxy, mxy = np.asarray(query_xy, np.float64), np.asarray(match_xy, np.float64)
+    if qxy.shape[0] != p or mxy.shape != qxy.shape or len(query_ids) != p:
+        raise ValueError(f"scores {p}, query_xy {qxy.shape}, match_xy {mxy.shape}, query_ids {len(query_ids)} must agree")
+    if n_gt_queries < 1:
+        raise ValueError("n_gt_queries must be >= 1: the ground truth has no loop query to recall")
+    correct = np.linalg.norm(qxy - mxy, axis=1) <= radius_m
+    if time_gaps_s is not None:
+        correct &= np.asarray(time_gaps_s, np.float64) >= min_time_gap_s
+    order = np.argsort(-scores, kind="stable")
+    s, c = scores[order], correct[order]
+    ids = np.asarray(query_ids)[order]
+    tp = np.cumsum(c)
+    precision_all = tp / np.arange(1, p + 1)
+    seen: set = set()
+    recalled = np.zeros(p, dtype=np.int64)
+    for i in range(p):
+        if c[i]:
+            seen.add(ids[i])
+        recalled[i] = len(seen)
+    if p and recalled[-1] > n_gt_queries:
+        logger.warning("%d queries recalled but only %d ground-truth loop queries", recalled[-1], n_gt_queries)
+    recall_all = np.minimum(recalled / n_gt_queries, 1.0)
+    # one operating point per distinct score: the last index holding that score
+    last = np.r_[np.nonzero(np.diff(s))[0], p - 1] if p else np.zeros(0, dtype=np.int64)
+    thresholds, prec, rec = s[last], precision_all[last], recall_all[last]
+    at_100 = rec[prec >= 1.0 - 1e-12]
+    auc = _pr_auc(prec, rec)
+    return PRResult(
+        precision=float(prec[-1]) if p else 0.0,
+        recall=float(rec[-1]) if p else 0.0,
+        max_recall_at_100_precision=float(at_100.max()) if at_100.size else 0.0,
+        auc=auc,
+        thresholds=thresholds,
+        curve=np.stack([prec, rec], axis=1) if p else np.zeros((0, 2)),
+        n_closures=p,
+        n_correct=int(correct.sum()),
+        n_gt_queries=int(n_gt_queries),
+    )
+
+
+def _pr_auc(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Area under the step PR curve (average precision: sum of precision x recall increments)."""
+    if precision.size == 0:
+        return 0.0
+    d_recall = np.diff(np.r_[0.0, recall])
+    return float((precision * d_recall).sum())
+
+
+# --------------------------------------------------------------------------------------- plotting
+
+
+def plot_pr_curve(results: dict[str, PRResult], out_png: Path | str) -> Path:
+    """PR curves of one or more systems to a PNG; returns its path."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    for name, r in results.items():
+        if r.curve.size:
+            ax.step(r.curve[:, 1], r.curve[:, 0], where="post",
+                    label=f"{name} (AUC {r.auc:.2f}, R@100%P {r.max_recall_at_100_precision:.2f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="Loop closure precision/recall")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    return _save_fig(fig, out_png)
+
+
+def plot_trajectories_with_closures(
+    trajectories: dict[str, np.ndarray],
+    closures: Sequence[tuple[tuple[float, float], tuple[float, float], bool]],
+    out_png: Path | str = "trajectories.png",
+    title: str = "Trajectories and loop closures",
+) -> Path:
+    """Top view of trajectories (name -> (N, 2) x, y in metres) with closures drawn as segments
+    (green when ``ok``, red otherwise). Returns the PNG path."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 7), dpi=120)
+    for name, xy in trajectories.items():
+        xy = np.asarray(xy, dtype=np.float64)
+        if xy.ndim != 2 or xy.shape[1] < 2:
+            raise ValueError(f"trajectory {name!r} must be (N, 2), got {xy.shape}")
+        ax.plot(xy[:, 0], xy[:, 1], lw=1.2, label=name)
+    n_ok = sum(1 for *_, ok in closures if ok)
+    for (a, b, ok) in closures:
+        ax.plot([a[0], b[0]], [a[1], b[1]], color="tab:green" if ok else "tab:red", lw=0.8, alpha=0.8)
+    ax.plot([], [], color="tab:green", label=f"correct closures ({n_ok})")
+    ax.plot([], [], color="tab:red", label=f"wrong closures ({len(closures) - n_ok})")
+    ax.set(xlabel="x [m]", ylabel="y [m]", title=title)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save_fig(fig, out_png)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_fig(fig, out_png: Path | str) -> Path:
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=out_png.stem, suffix=".png")
+    os.close(fd)
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out_png)
+    finally:
+        _pyplot().close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out_png
+
+
+def write_json_atomic(obj: Any, path: Path | str) -> Path:
+    """Write JSON atomically (temp file + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+# ----------------------------------------------------------------------------- loops from files
+
+
+def read_closures_csv(path: Path | str) -> dict[str, np.ndarray]:
+    """Closures CSV (query_stamp,match_stamp,query_session,match_session,score,verified,inliers) as arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"closures file not found: {path}")
+    cols = ("query_stamp", "match_stamp", "query_session", "match_session", "score", "verified", "inliers")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in cols if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} lacks columns {missing}; expected {list(cols)}")
+        rows = list(reader)
+    return {
+        "query_stamp": np.array([float(r["query_stamp"]) for r in rows], np.float64),
+        "match_stamp": np.array([float(r["match_stamp"]) for r in rows], np.float64),
+        "query_session": np.array([r["query_session"] for r in rows], dtype=object),
+        "match_session": np.array([r["match_session"] for r in rows], dtype=object),
+        "score": np.array([float(r["score"]) for r in rows], np.float64),
+        "verified": np.array([str(r["verified"]).strip().lower() in ("1", "true", "yes") for r in rows], bool),
+        "inliers": np.array([int(float(r["inliers"] or 0)) for r in rows], np.int64),
+    }
+
+
+@dataclass(frozen=True)
+class _GroundTruth:
+    name: str
+    stamps: np.ndarray  # (N,) float64, sorted
+    xy: np.ndarray  # (N, 2) float64
+    loop_query_stamps: np.ndarray  # (Q,) stamps of frames that have a true revisit
+
+
+def _load_groundtruth(session_dir: Path) -> _GroundTruth:
+    from clino_vpr_ros.synth import read_session_groundtruth
+
+    stamps, world_T_base, loop_pairs, meta = read_session_groundtruth(session_dir)
+    stamps = np.asarray(stamps, np.float64)
+    order = np.argsort(stamps)
+    name = str((meta or {}).get("session", (meta or {}).get("name", Path(session_dir).name)))
+    loop_q = np.unique(np.asarray(loop_pairs, np.float64).reshape(-1, 2)[:, 0]) if len(loop_pairs) else np.zeros(0)
+    return _GroundTruth(name, stamps[order], np.asarray(world_T_base)[order, :2, 3].astype(np.float64), loop_q)
+
+
+def _position_at(gt: _GroundTruth, stamps: np.ndarray, tol_s: float) -> np.ndarray:
+    """Nearest ground-truth xy of each stamp; ValueError if a stamp is farther than ``tol_s`` from any."""
+    idx = np.clip(np.searchsorted(gt.stamps, stamps), 1, len(gt.stamps) - 1)
+    left_closer = np.abs(stamps - gt.stamps[idx - 1]) <= np.abs(stamps - gt.stamps[idx])
+    idx = np.where(left_closer, idx - 1, idx)
+    worst = np.abs(gt.stamps[idx] - stamps).max(initial=0.0)
+    if worst > tol_s:
+        raise ValueError(f"a closure stamp is {worst:.3f} s from any ground-truth stamp of session {gt.name!r}")
+    return gt.xy[idx]
+
+
+def evaluate_closures(
+    closures: dict[str, np.ndarray],
+    groundtruth: Sequence[Path],
+    radius_m: float = 10.0,
+    min_time_gap_s: float = 30.0,
+    stamp_tol_s: float = 0.1,
+    verified_only: bool = False,
+) -> PRResult:
+    """PR of a closures table (see :func:`read_closures_csv`) against session ground-truth folders.
+
+    The recall denominator is the number of distinct ground-truth loop-query stamps of the sessions
+    (first column of their loop pairs). A single session folder serves any session name.
+    """
+    gts = {g.name: g for g in (_load_groundtruth(Path(d)) for d in groundtruth)}
+    only = next(iter(gts.values())) if len(gts) == 1 else None
+    keep = closures["verified"] if verified_only else np.ones(len(closures["score"]), bool)
+    q_xy, m_xy, gaps = [], [], []
+    for i in np.nonzero(keep)[0]:
+        qs, ms = closures["query_session"][i], closures["match_session"][i]
+        gq, gm = gts.get(qs, only), gts.get(ms, only)
+        if gq is None or gm is None:
+            raise ValueError(f"closure sessions {qs!r}/{ms!r} not in the ground truth sessions {sorted(gts)}")
+        q_xy.append(_position_at(gq, closures["query_stamp"][i : i + 1], stamp_tol_s)[0])
+        m_xy.append(_position_at(gm, closures["match_stamp"][i : i + 1], stamp_tol_s)[0])
+        same = gq is gm
+        gaps.append(abs(closures["query_stamp"][i] - closures["match_stamp"][i]) if same else np.inf)
+    ids = [f"{closures['query_session'][i]}@{closures['query_stamp'][i]:.6f}" for i in np.nonzero(keep)[0]]
+    n_gt = sum(len(g.loop_query_stamps) for g in gts.values())
+    return loop_closure_pr(
+        closures["score"][keep], np.reshape(q_xy, (-1, 2)), np.reshape(m_xy, (-1, 2)), np.array(ids, dtype=object),
+        n_gt, np.array(gaps, np.float64), radius_m=radius_m, min_time_gap_s=min_time_gap_s,
+    )
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _load_model(path: Path, device: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"model not found: {path}")
+    if path.suffix == ".onnx":
+        from clino_vpr_ros.runtime import RuntimeEncoder
+
+        return RuntimeEncoder(path)
+    if path.suffix == ".safetensors":
+        import torch
+
+        from clino_vpr_ros.checkpoint import load_encoder
+
+        dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        return load_encoder(path).to(dev).eval()
+    raise ValueError(f"{path}: expected a .onnx or .safetensors model")
+
+
+def _cmd_recall(args: argparse.Namespace) -> int:
+    model = _load_model(Path(args.model), args.device)
+    res = evaluate_folder(model, args.data, radius_m=args.radius, batch_size=args.batch_size)
+    line = "  ".join(f"R@{k} {100 * v:.2f}" for k, v in res["recall"].items())
+    print(f"{args.data}: {line}  ({res['n_queries']} queries, {res['n_database']} database, {args.radius:g} m)")
+    out = Path(args.out) if args.out else Path(args.model).with_suffix(".recall.json")
+    payload = {"schema_version": SCHEMA_VERSION, "model": str(args.model), "data": str(args.data), **res,
+               "recall": {str(k): v for k, v in res["recall"].items()}}
+    print(f"wrote {write_json_atomic(payload, out)}")
+    return 0
+
+
+def _cmd_loops(args: argparse.Namespace) -> int:
+    closures = read_closures_csv(args.closures)
+    res = evaluate_closures(closures, [Path(d) for d in args.groundtruth], radius_m=args.radius,
+                            min_time_gap_s=args.min_time_gap, verified_only=args.verified_only)
+    print(f"closures {res.n_closures} (correct {res.n_correct}), ground-truth loop queries {res.n_gt_queries}")
+    print(f"precision {res.precision:.3f}  recall {res.recall:.3f}  "
+          f"max recall@100%P {res.max_recall_at_100_precision:.3f}  AUC {res.auc:.3f}")
+    out = Path(args.out)
+    png = plot_pr_curve({Path(args.closures).stem: res}, out / "pr_curve.png")
+    payload = {"schema_version": SCHEMA_VERSION, "closures": str(args.closures), "radius_m": args.radius,
+               "min_time_gap_s": args.min_time_gap, **asdict(res)}
+    js = write_json_atomic(payload, out / "loop_closure_pr.json")
+    print(f"wrote {png} and {js}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clino-vpr eval", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("recall", help="Recall@1/5/10 on a downloader-format folder")
+    r.add_argument("--model", required=True, help="model .onnx (onnxruntime) or .safetensors (torch)")
+    r.add_argument("--data", required=True, help="folder with images/test/{database,queries}/")
+    r.add_argument("--radius", type=float, default=25.0, help="positive radius in metres (default 25)")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--device", default="auto", help="torch device for .safetensors: auto, cpu, cuda")
+    r.add_argument("--out", default=None, help="JSON output (default: <model>.recall.json)")
+    r.set_defaults(func=_cmd_recall)
+    lp = sub.add_parser("loops", help="loop-closure precision/recall against session ground truth")
+    lp.add_argument("--closures", required=True, help="CSV: query_stamp,match_stamp,query_session,match_session,score,verified,inliers")
+    lp.add_argument("--groundtruth", required=True, nargs="+", help="session folder(s) with ground truth")
+    lp.add_argument("--out", required=True, help="output folder for pr_curve.png and loop_closure_pr.json")
+    lp.add_argument("--radius", type=float, default=10.0, help="a closure is correct within this distance (m)")
+    lp.add_argument("--min-time-gap", type=float, default=30.0, help="same-session pairs closer in time are not loops (s)")
+    lp.add_argument("--verified-only", action="store_true", help="score only geometrically verified closures")
+    lp.set_defaults(func=_cmd_loops)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"clino-vpr eval: error: {err}\n")

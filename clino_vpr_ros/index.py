@@ -1,0 +1,200 @@
+"""Incremental faiss keyframe index: exact inner product (default), HNSW for large maps, GPU when available.
+
+Keyframes are added one at a time in time order. faiss stores them under sequential row numbers
+(0, 1, 2, ...); this class keeps the row -> keyframe id array (int64) and the stamps, so that a
+search can exclude the most recent part of the session with a row range: "older than
+``exclude_recent_s`` before the query AND not among the last ``exclude_recent_keyframes``" is one
+prefix of the rows, which faiss filters natively with ``IDSelectorRange`` (flat and HNSW) instead
+of over-fetching. GPU indexes do not take selectors, so there the search over-fetches and filters.
+
+Similarities are cosine similarities (descriptors are L2-normalised, metric inner product).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+INDEX_KINDS = ("flat", "hnsw")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """faiss index choice and the same-session exclusion window applied to searches."""
+
+    kind: str = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 96
+    use_gpu: bool = False
+    exclude_recent_s: float = 30.0
+    exclude_recent_keyframes: int = 20
+
+    def __post_init__(self) -> None:
+        if self.kind not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {self.kind!r}; valid: {', '.join(INDEX_KINDS)}")
+        if self.hnsw_m < 2 or self.hnsw_ef_construction < 1 or self.hnsw_ef_search < 1:
+            raise ValueError("hnsw_m must be >= 2 and hnsw_ef_construction/hnsw_ef_search >= 1")
+        if self.exclude_recent_s < 0 or self.exclude_recent_keyframes < 0:
+            raise ValueError("exclude_recent_s and exclude_recent_keyframes must be >= 0")
+
+
+def _as_matrix(x: np.ndarray, dim: int, what: str) -> np.ndarray:
+    """Validate (D,) or (N,D) descriptors; return a C-contiguous float32 (N,D) matrix."""
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{what}: expected shape (N, {dim}) or ({dim},), got {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what}: descriptors contain NaN or Inf")
+    return x
+
+
+class KeyframeIndex:
+    """faiss index over one session's keyframes (rows in insertion = time order)."""
+
+    def __init__(self, dim: int, cfg: IndexConfig = IndexConfig()) -> None:
+        if dim <= 0:
+            raise ValueError(f"descriptor dimension must be > 0, got {dim}")
+        self.dim = dim
+        self.cfg = cfg
+        self.on_gpu = False
+        self._index = self._build()
+        self._ids = np.empty(0, dtype=np.int64)
+        self._stamps = np.empty(0, dtype=np.float64)
+        self._size = 0
+
+    def _build(self) -> faiss.Index:
+        cfg = self.cfg
+        if cfg.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = cfg.hnsw_ef_construction
+            index.hnsw.efSearch = cfg.hnsw_ef_search
+        else:
+            index = faiss.IndexFlatIP(self.dim)
+        if cfg.use_gpu:
+            n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+            if n_gpus > 0 and hasattr(faiss, "StandardGpuResources"):
+                self._gpu_res = faiss.StandardGpuResources()
+                self.on_gpu = True
+                return faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+            log.warning("use_gpu requested but faiss reports no GPU support (%d GPUs); using the CPU index", n_gpus)
+        return index
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64 (N,) keyframe ids in row order (a view; do not modify)."""
+        return self._ids[: self._size]
+
+    @property
+    def stamps(self) -> np.ndarray:
+        """float64 (N,) keyframe stamps in row order."""
+        return self._stamps[: self._size]
+
+    def add(self, ids: np.ndarray | int, descriptors: np.ndarray, stamps: np.ndarray | float) -> None:
+        """Append keyframes.
+
+        Args:
+            ids: int64 (N,) keyframe ids (or one int).
+            descriptors: float32 (N,D) or (D,) L2-normalised.
+            stamps: float64 (N,) seconds, non-decreasing and not older than the last row.
+        """
+        x = _as_matrix(descriptors, self.dim, "KeyframeIndex.add")
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        stamps = np.atleast_1d(np.asarray(stamps, dtype=np.float64))
+        if ids.shape != (len(x),) or stamps.shape != (len(x),):
+            raise ValueError(f"ids {ids.shape} and stamps {stamps.shape} must both have shape ({len(x)},)")
+        self._grow(self._size + len(x))
+        self._ids[self._size : self._size + len(x)] = ids
+        self._stamps[self._size : self._size + len(x)] = stamps
+        self._index.add(x)
+        self._size += len(x)
+
+    def _grow(self, needed: int) -> None:
+        # amortised O(1) append: double the capacity of the side arrays
+        if needed <= len(self._ids):
+            return
+        capacity = max(needed, 2 * len(self._ids), 64)
+        self._ids = np.resize(self._ids, capacity)
+        self._stamps = np.resize(self._stamps, capacity)
+
+    def searchable_rows(self, query_stamp: float | None, exclude_recent: bool) -> int:
+        """Number of leading rows a query may match (rows are in time order)."""
+        if not exclude_recent or query_stamp is None:
+            return self._size
+        by_count = self._size - self.cfg.exclude_recent_keyframes
+        by_time = int(np.searchsorted(self.stamps, query_stamp - self.cfg.exclude_recent_s, side="right"))
+        return max(0, min(by_count, by_time))
+
+    def search(
+        self, query: np.ndarray, k: int, query_stamp: float | None = None, exclude_recent: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k keyframes for each query.
+
+        Args:
+            query: float32 (D,) or (Q,D).
+            k: number of neighbours.
+            query_stamp: the query time, used with ``exclude_recent``.
+            exclude_recent: drop the last ``exclude_recent_s`` seconds and ``exclude_recent_keyframes``
+                keyframes before the query (use for the query's own session).
+
+        Returns:
+            scores float32 (Q,k), keyframe ids int64 (Q,k) (-1 none), rows int64 (Q,k) (-1 none).
+        """
+        q = _as_matrix(query, self.dim, "KeyframeIndex.search")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        n_rows = self.searchable_rows(query_stamp, exclude_recent)
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        rows = np.full((len(q), k), -1, dtype=np.int64)
+        if n_rows > 0:
+            s, r = self._search_prefix(q, k, n_rows)
+            scores[:, : s.shape[1]], rows[:, : r.shape[1]] = s, r
+        ids = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1).astype(np.int64)
+        scores[rows < 0] = -np.inf
+        return scores, ids, rows
+
+    def _search_prefix(self, q: np.ndarray, k: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        if n_rows == self._size:
+            return self._index.search(q, k)
+        if not self.on_gpu:
+            sel = faiss.IDSelectorRange(0, n_rows)
+            if self.cfg.kind == "hnsw":
+                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.cfg.hnsw_ef_search, k))
+            else:
+                params = faiss.SearchParameters(sel=sel)
+            return self._index.search(q, k, params=params)
+        # GPU indexes take no selector: over-fetch until k allowed rows are found or the index is exhausted
+        fetch = k
+        while True:
+            fetch = min(max(2 * fetch, k + self._size - n_rows), self._size)
+            s, r = self._index.search(q, fetch)
+            r = np.where(r < n_rows, r, -1)
+            order = np.argsort(r < 0, axis=1, kind="stable")[:, :k]
+            s, r = np.take_along_axis(s, order, 1), np.take_along_axis(r, order, 1)
+            if fetch >= self._size or np.all(r[:, -1] >= 0):
+                return s, r
+
+    def reconstruct(self, row: int) -> np.ndarray:
+        """float32 (D,) stored descriptor of one row (exact for flat and HNSW-flat storage)."""
+        if not 0 <= row < self._size:
+            raise IndexError(f"row {row} outside [0, {self._size})")
+        return self._index.reconstruct(int(row))
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes held by the faiss index plus the id/stamp arrays."""
+        if self.on_gpu:
+            return self._size * (4 * self.dim + 16)
+        writer = faiss.VectorIOWriter()
+        faiss.write_index(self._index, writer)
+        return int(writer.data.size()) + self._ids.nbytes + self._stamps.nbytes

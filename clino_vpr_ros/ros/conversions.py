@@ -1,0 +1,261 @@
+"""ROS message <-> numpy conversions (no cv_bridge: the ROS 2 build is not available everywhere).
+
+Every function validates the message against what its fields promise (size, step, data length,
+encoding) and raises ``ValueError`` saying what was wrong and what was expected, so the node can
+log the reason and skip the message.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+from builtin_interfaces.msg import Time
+from nav_msgs.msg import Odometry
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+#: encoding -> (channels, numpy dtype of one channel). The set the node accepts on ``image``.
+IMAGE_LAYOUTS: dict[str, tuple[int, np.dtype]] = {
+    "rgb8": (3, np.dtype(np.uint8)),
+    "bgr8": (3, np.dtype(np.uint8)),
+    "rgba8": (4, np.dtype(np.uint8)),
+    "bgra8": (4, np.dtype(np.uint8)),
+    "mono8": (1, np.dtype(np.uint8)),
+    "mono16": (1, np.dtype(np.uint16)),
+    "bayer_rggb8": (1, np.dtype(np.uint8)),
+    "bayer_bggr8": (1, np.dtype(np.uint8)),
+    "bayer_gbrg8": (1, np.dtype(np.uint8)),
+    "bayer_grbg8": (1, np.dtype(np.uint8)),
+}
+
+#: depth encodings accepted on ``depth``: 16UC1 in millimetres (OpenNI convention), 32FC1 in metres.
+DEPTH_LAYOUTS: dict[str, tuple[int, np.dtype]] = {
+    "16UC1": (1, np.dtype(np.uint16)),
+    "mono16": (1, np.dtype(np.uint16)),
+    "32FC1": (1, np.dtype(np.float32)),
+}
+
+#: largest image side accepted; a header claiming more is corrupt rather than a real camera.
+MAX_SIDE = 16384
+
+
+def stamp_to_sec(stamp: Time) -> float:
+    """builtin_interfaces/Time -> float seconds."""
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def sec_to_stamp(t: float) -> Time:
+    """float seconds -> builtin_interfaces/Time (nanoseconds rounded, carried into seconds)."""
+    sec = math.floor(t)
+    nanosec = int(round((t - sec) * 1e9))
+    if nanosec >= 1_000_000_000:
+        sec, nanosec = sec + 1, nanosec - 1_000_000_000
+    return Time(sec=int(sec), nanosec=nanosec)
+
+
+def _unpack(msg: Image, layouts: dict[str, tuple[int, np.dtype]], what: str) -> np.ndarray:
+    """Raw Image buffer -> (H, W, C) array of the encoding's dtype, honouring step and endianness."""
+    if msg.encoding not in layouts:
+        raise ValueError(f"unsupported {what} encoding {msg.encoding!r}; expected one of {sorted(layouts)}")
+    channels, dtype = layouts[msg.encoding]
+    h, w = int(msg.height), int(msg.width)
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+        raise ValueError(f"{what} size {w}x{h} invalid; expected 1..{MAX_SIDE} pixels per side")
+    row_bytes = w * channels * dtype.itemsize
+    step = int(msg.step)
+    if step < row_bytes:
+        raise ValueError(
+            f"{what} step {step} < width*bytes_per_pixel {row_bytes} ({w}x{h} {msg.encoding}); "
+            "step must be the row length in bytes including padding"
+        )
+    data = msg.data
+    n = len(data)
+    if n != step * h:
+        raise ValueError(f"{what} data has {n} bytes; expected step*height = {step}*{h} = {step * h}")
+    buf = np.frombuffer(data, dtype=np.uint8)  # array.array / bytes: zero-copy view
+    rows = buf.reshape(h, step)[:, :row_bytes]  # drop per-row padding
+    order = ">" if msg.is_bigendian else "<"
+    pixels = np.ascontiguousarray(rows).view(dtype.newbyteorder(order) if dtype.itemsize > 1 else dtype)
+    return pixels.reshape(h, w, channels).astype(dtype, copy=False)
+
+
+def image_to_numpy(msg: Image) -> tuple[np.ndarray, str]:
+    """sensor_msgs/Image -> (uint8/uint16 (H, W, C) C-contiguous array, encoding).
+
+    C is 1, 3 or 4 as the encoding says; 16-bit data is returned in native byte order.
+    Raises ValueError for an unknown encoding, a zero or absurd size, a step shorter than a row,
+    or a data length other than step*height.
+    """
+    array = _unpack(msg, IMAGE_LAYOUTS, "image")
+    return np.ascontiguousarray(array), msg.encoding
+
+
+def depth_to_numpy(msg: Image) -> np.ndarray:
+    """Depth sensor_msgs/Image -> float32 (H, W) metres, NaN where the sensor gave no return.
+
+    16UC1 / mono16 are millimetres (0 = no return); 32FC1 are metres (0, NaN, inf = no return).
+    """
+    raw = _unpack(msg, DEPTH_LAYOUTS, "depth image")[:, :, 0]
+    depth = raw.astype(np.float32) * (1e-3 if raw.dtype == np.uint16 else 1.0)
+    depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
+    return depth
+
+
+def compressed_to_numpy(msg: CompressedImage) -> tuple[np.ndarray, str]:
+    """sensor_msgs/CompressedImage (jpeg/png) -> (decoded (H, W, C) array, encoding).
+
+    The encoding is what OpenCV decoded: ``bgr8``, ``bgra8``, ``mono8`` or ``mono16``.
+    Raises ValueError for an unsupported format or data that does not decode.
+    """
+    fmt = msg.format.lower()
+    if fmt and not any(k in fmt for k in ("jpeg", "jpg", "png")):
+        raise ValueError(f"unsupported compressed format {msg.format!r}; expected jpeg or png")
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size == 0:
+        raise ValueError("compressed image has no data")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ValueError(f"compressed image ({data.size} bytes, format {msg.format!r}) is corrupt: OpenCV could not decode it")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    channels = image.shape[2]
+    if image.dtype == np.uint16 and channels == 1:
+        return np.ascontiguousarray(image), "mono16"
+    if image.dtype != np.uint8:
+        image = (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image.astype(np.uint8)
+    encoding = {1: "mono8", 3: "bgr8", 4: "bgra8"}.get(channels)
+    if encoding is None:
+        raise ValueError(f"compressed image decoded to {channels} channels; expected 1, 3 or 4")
+    return np.ascontiguousarray(image), encoding
+
+
+def camera_info_to_K(msg: CameraInfo) -> np.ndarray | None:
+    """sensor_msgs/CameraInfo -> float64 (3, 3) intrinsic matrix, or None for an uncalibrated camera.
+
+    ROS marks an uncalibrated camera with K all zeros; that is not an error. A K with non-positive
+    focal lengths or a bottom row other than [0, 0, 1] is.
+    """
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    if not np.any(K):
+        return None
+    if not (K[0, 0] > 0 and K[1, 1] > 0 and np.allclose(K[2], [0.0, 0.0, 1.0])):
+        raise ValueError(f"camera_info K {K.ravel().tolist()} invalid; expected fx>0, fy>0 and last row [0, 0, 1]")
+    return K
+
+
+def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
+    """Unit quaternion (x, y, z, w) -> float64 (3, 3) rotation; normalises, refuses a zero quaternion."""
+    q = np.array([x, y, z, w], dtype=np.float64)
+    norm = np.linalg.norm(q)
+    if not np.isfinite(norm) or norm < 1e-9:
+        raise ValueError(f"quaternion {q.tolist()} has no rotation (norm {norm}); expected a unit quaternion")
+    x, y, z, w = q / norm
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def matrix_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
+    """float (3, 3) rotation -> unit quaternion (x, y, z, w) with w >= 0 (Shepperd's method)."""
+    R = np.asarray(R, dtype=np.float64)
+    trace = R[0, 0] + R[1, 1] + R[2, 2]
+    if trace > 0:
+        s = 2.0 * math.sqrt(trace + 1.0)
+        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
+    else:
+        i = int(np.argmax(np.diag(R)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * math.sqrt(max(1.0 + R[i, i] - R[j, j] - R[k, k], 1e-12))
+        q = [0.0, 0.0, 0.0, (R[k, j] - R[j, k]) / s]
+        q[i] = 0.25 * s
+        q[j] = (R[j, i] + R[i, j]) / s
+        q[k] = (R[k, i] + R[i, k]) / s
+    q = np.array(q) / np.linalg.norm(q)
+    if q[3] < 0:
+        q = -q
+    return float(q[0]), float(q[1]), float(q[2]), float(q[3])
+
+
+def pose_to_matrix(position, orientation) -> np.ndarray:
+    """geometry_msgs Point + Quaternion -> float64 (4, 4) homogeneous transform."""
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_matrix(orientation.x, orientation.y, orientation.z, orientation.w)
+    T[:3, 3] = [position.x, position.y, position.z]
+    if not np.all(np.isfinite(T)):
+        raise ValueError(f"pose has non-finite values: {T[:3, 3].tolist()}")
+    return T
+
+
+def odometry_to_matrix(msg: Odometry) -> np.ndarray:
+    """nav_msgs/Odometry -> float64 (4, 4) ``odom_T_base`` (child_frame_id pose in header.frame_id)."""
+    return pose_to_matrix(msg.pose.pose.position, msg.pose.pose.orientation)
+
+
+def xyzquat_to_matrix(values) -> np.ndarray:
+    """[x, y, z, qx, qy, qz, qw] -> float64 (4, 4) transform (the ``base_T_camera`` parameter form)."""
+    v = [float(a) for a in values]
+    if len(v) != 7:
+        raise ValueError(f"expected 7 numbers [x, y, z, qx, qy, qz, qw], got {len(v)}")
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_matrix(*v[3:])
+    T[:3, 3] = v[:3]
+    return T
+
+
+def matrix_to_pose(T: np.ndarray, pose) -> None:
+    """Fill a geometry_msgs/Pose in place from a (4, 4) transform."""
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4):
+        raise ValueError(f"transform shape {T.shape}; expected (4, 4)")
+    pose.position.x, pose.position.y, pose.position.z = (float(a) for a in T[:3, 3])
+    (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w) = matrix_to_quaternion(T[:3, :3])
+
+
+def mask_to_image(mask: np.ndarray, stamp: Time, frame_id: str) -> Image:
+    """Gate mask, float (h, w) in [0, 1] (or uint8), -> sensor_msgs/Image mono8 (0..255)."""
+    mask = np.asarray(mask)
+    mask = np.squeeze(mask)
+    if mask.ndim != 2 or mask.size == 0:
+        raise ValueError(f"gate mask shape {mask.shape}; expected (h, w)")
+    if mask.dtype != np.uint8:
+        mask = np.clip(np.nan_to_num(mask.astype(np.float32)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    msg = Image()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(mask.shape[0]), int(mask.shape[1])
+    msg.encoding = "mono8"
+    msg.is_bigendian = 0
+    msg.step = msg.width
+    msg.data = np.ascontiguousarray(mask).tobytes()
+    return msg
+
+
+def numpy_to_image(array: np.ndarray, encoding: str, stamp: Time | None = None, frame_id: str = "") -> Image:
+    """(H, W, C) array -> sensor_msgs/Image (tightly packed, little-endian) in the given encoding.
+
+    Used by tests, benches and the demo publisher; checks the array matches the encoding.
+    """
+    if encoding not in IMAGE_LAYOUTS and encoding not in DEPTH_LAYOUTS:
+        raise ValueError(f"unsupported encoding {encoding!r}; expected one of {sorted(IMAGE_LAYOUTS | DEPTH_LAYOUTS)}")
+    channels, dtype = (IMAGE_LAYOUTS | DEPTH_LAYOUTS)[encoding]
+    a = np.asarray(array)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] != channels or a.dtype != dtype:
+        raise ValueError(f"array {a.shape} {a.dtype} does not match {encoding} ((H, W, {channels}) {dtype})")
+    a = np.ascontiguousarray(a.astype(dtype.newbyteorder("<"), copy=False))
+    msg = Image()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(a.shape[0]), int(a.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(a.shape[1] * channels * dtype.itemsize)
+    msg.data = a.tobytes()
+    return msg

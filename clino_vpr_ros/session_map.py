@@ -1,0 +1,301 @@
+"""Session maps: keyframes of one (or, after a merge, several) sessions in a pickle-free file.
+
+File format (schema version :data:`SCHEMA_VERSION`): one ``.npz`` (uncompressed zip of ``.npy``
+arrays, read with ``allow_pickle=False``) holding a UTF-8 JSON header as a uint8 array plus:
+
+=====================  =================  ==================================================
+array                  dtype, shape       meaning
+=====================  =================  ==================================================
+``ids``                int64 (N,)         keyframe id (unique within its session)
+``stamps``             float64 (N,)       keyframe time, seconds
+``poses``              float64 (N,4,4)    ``frame_T_base`` (odometry or merged frame); NaN = unknown
+``descriptors``        float32 (N,D)      L2-normalised global descriptors
+``session_index``      int32 (N,)         index into ``header["sessions"]``
+``intrinsics``         float64 (N,3,3)    camera matrix of the original image; NaN = unknown
+``image_sizes``        int32 (N,2)        (height, width); 0 = no image
+``feature_offsets``    int64 (N+1,)       keyframe i owns local features [off[i], off[i+1])
+``keypoints``          float32 (M,2)      pixel (x, y)
+``feature_descriptors`` uint8/float32 (M,F)  ORB / SIFT descriptors
+``keypoint_depths``    float32 (M,)       metres at each keypoint; NaN = unknown
+=====================  =================  ==================================================
+
+The header records ``schema_version``, the encoder ``fingerprint`` and ``descriptor_dim`` (a map
+is refused by an engine running another model), ``frame_id``, the local ``feature`` type and the
+``sessions`` list (``id`` and ``base_T_camera`` of each). Saving is atomic: the file is written to
+a temporary sibling, fsync'ed, then ``os.replace``'d over the target, so a crash mid-save leaves
+the previous map intact (a stale ``.<name>.tmp-<pid>`` file may remain and is ignored).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from clino_vpr_ros.verify import LocalFeatures
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "clino_vpr_session_map"
+_ARRAYS = (
+    "ids", "stamps", "poses", "descriptors", "session_index", "intrinsics", "image_sizes",
+    "feature_offsets", "keypoints", "feature_descriptors", "keypoint_depths",
+)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file atomically: temp sibling -> fsync -> os.replace -> fsync of the directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+@dataclass
+class SessionMap:
+    """Keyframe arrays (see the module docstring for names, dtypes and shapes) plus the header dict.
+
+    Treat a loaded map as read-only; build new ones with :class:`SessionMapBuilder`.
+    """
+
+    header: dict
+    ids: np.ndarray
+    stamps: np.ndarray
+    poses: np.ndarray
+    descriptors: np.ndarray
+    session_index: np.ndarray
+    intrinsics: np.ndarray
+    image_sizes: np.ndarray
+    feature_offsets: np.ndarray
+    keypoints: np.ndarray
+    feature_descriptors: np.ndarray
+    keypoint_depths: np.ndarray
+    path: Path | None = field(default=None, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.header["fingerprint"])
+
+    @property
+    def descriptor_dim(self) -> int:
+        return int(self.header["descriptor_dim"])
+
+    @property
+    def session_ids(self) -> list[str]:
+        return [s["id"] for s in self.header["sessions"]]
+
+    @property
+    def session_id(self) -> str:
+        """The map's own session id (a merged map: its ``merged_session_id``)."""
+        return str(self.header.get("merged_session_id") or self.session_ids[0])
+
+    def session_of(self, row: int) -> str:
+        return self.session_ids[int(self.session_index[row])]
+
+    def base_T_camera(self, row: int) -> np.ndarray | None:
+        value = self.header["sessions"][int(self.session_index[row])].get("base_T_camera")
+        return None if value is None else np.asarray(value, dtype=np.float64)
+
+    def pose(self, row: int) -> np.ndarray | None:
+        """float64 (4,4) keyframe pose, or None when unknown."""
+        p = self.poses[row]
+        return None if np.isnan(p).any() else p.copy()
+
+    def intrinsics_of(self, row: int) -> np.ndarray | None:
+        K = self.intrinsics[row]
+        return None if np.isnan(K).any() else K.copy()
+
+    def features(self, row: int) -> LocalFeatures | None:
+        """Local features of one keyframe, or None when it had no image."""
+        a, b = int(self.feature_offsets[row]), int(self.feature_offsets[row + 1])
+        h, w = (int(v) for v in self.image_sizes[row])
+        if h == 0:
+            return None
+        return LocalFeatures(self.keypoints[a:b], self.feature_descriptors[a:b], self.keypoint_depths[a:b], (h, w))
+
+    def rows_of_session(self, session: str) -> np.ndarray:
+        """int64 rows of one session, in time order."""
+        if session not in self.session_ids:
+            raise ValueError(f"session {session!r} not in this map; it holds {self.session_ids}")
+        return np.flatnonzero(self.session_index == self.session_ids.index(session))
+
+    # ---------------------------------------------------------------- file I/O
+    def save(self, path: str | os.PathLike) -> Path:
+        """Atomically write the map to ``path`` (``.npz``); returns the path."""
+        self.validate()
+        header = {**self.header, "schema_version": SCHEMA_VERSION, "format": FORMAT_NAME,
+                  "n_keyframes": len(self), "saved_unix": time.time()}
+        arrays = {name: getattr(self, name) for name in _ARRAYS}
+        arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        t0 = time.perf_counter()
+        out = atomic_write(path, lambda f: np.savez(f, **arrays))
+        log.info("saved %d keyframes to %s in %.2f s", len(self), out, time.perf_counter() - t0)
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, expected_fingerprint: str | None = None, expected_dim: int | None = None) -> SessionMap:
+        """Read a map; never writes. Raises FileNotFoundError, or ValueError for a corrupt file,
+        another schema version, or a fingerprint/dimension other than the expected one."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"session map {path} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                raw = {name: z[name] for name in (*_ARRAYS, "header")}
+            header = json.loads(bytes(raw.pop("header")).decode("utf-8"))
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as e:
+            raise ValueError(
+                f"{path} is not a readable clino-vpr session map ({type(e).__name__}: {e}); "
+                "the file was left untouched: restore a backup or delete it to start a new map"
+            ) from e
+        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+            raise ValueError(f"{path} is an .npz file but not a clino-vpr session map (no {FORMAT_NAME!r} header)")
+        if header.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"{path} has map schema version {header.get('schema_version')}; this version reads {SCHEMA_VERSION}")
+        smap = cls(header=header, path=path, **raw)
+        try:
+            smap.validate()
+        except ValueError as e:
+            raise ValueError(f"{path} is inconsistent: {e}") from e
+        check_compatible(smap, expected_fingerprint, expected_dim, str(path))
+        return smap
+
+    def validate(self) -> None:
+        """Raise ValueError when array shapes/dtypes disagree with each other or the header."""
+        n, d = len(self.ids), int(self.header.get("descriptor_dim", -1))
+        m = len(self.keypoints)
+        expected = {
+            "ids": ((n,), np.int64), "stamps": ((n,), np.float64), "poses": ((n, 4, 4), np.float64),
+            "descriptors": ((n, d), np.float32), "session_index": ((n,), np.int32),
+            "intrinsics": ((n, 3, 3), np.float64), "image_sizes": ((n, 2), np.int32),
+            "feature_offsets": ((n + 1,), np.int64), "keypoints": ((m, 2), np.float32),
+            "keypoint_depths": ((m,), np.float32),
+        }
+        for name, (shape, dtype) in expected.items():
+            a = getattr(self, name)
+            if a.shape != shape or a.dtype != dtype:
+                raise ValueError(f"array {name!r} is {a.dtype} {a.shape}, expected {np.dtype(dtype)} {shape}")
+        if len(self.feature_descriptors) != m:
+            raise ValueError(f"feature_descriptors has {len(self.feature_descriptors)} rows, keypoints {m}")
+        if self.feature_offsets[0] != 0 or self.feature_offsets[-1] != m or np.any(np.diff(self.feature_offsets) < 0):
+            raise ValueError("feature_offsets must rise from 0 to the number of keypoints")
+        if n and (self.session_index.min() < 0 or self.session_index.max() >= len(self.header.get("sessions", []))):
+            raise ValueError("session_index points outside the header's sessions list")
+        if not np.all(np.isfinite(self.descriptors)):
+            raise ValueError("descriptors contain NaN or Inf")
+
+
+def check_compatible(smap: SessionMap, expected_fingerprint: str | None, expected_dim: int | None, where: str) -> None:
+    """Refuse a map produced by another encoder (descriptors of different models are not comparable)."""
+    if expected_dim is not None and smap.descriptor_dim != expected_dim:
+        raise ValueError(
+            f"{where} holds {smap.descriptor_dim}-d descriptors but the encoder produces {expected_dim}-d; "
+            "it was built with another model: use that model or rebuild the map"
+        )
+    if expected_fingerprint is not None and smap.fingerprint != expected_fingerprint:
+        raise ValueError(
+            f"{where} was built by encoder {smap.fingerprint!r}, the running encoder is {expected_fingerprint!r}; "
+            "descriptors of different models are not comparable: use the matching model or rebuild the map"
+        )
+
+
+class SessionMapBuilder:
+    """Grows a live session's keyframes one at a time (amortised O(1)) and snapshots a :class:`SessionMap`."""
+
+    def __init__(self, session_id: str, fingerprint: str, descriptor_dim: int, frame_id: str = "odom",
+                 feature: str = "orb", base_T_camera: np.ndarray | None = None) -> None:
+        self.header = {
+            "fingerprint": fingerprint, "descriptor_dim": int(descriptor_dim), "frame_id": frame_id,
+            "feature": feature, "created_unix": time.time(),
+            "sessions": [{"id": session_id, "base_T_camera": None if base_T_camera is None else np.asarray(base_T_camera, float).tolist()}],
+        }
+        self.descriptor_dim = descriptor_dim
+        self._desc = np.empty((0, descriptor_dim), np.float32)
+        self._rows: list[tuple[int, float, np.ndarray, np.ndarray, tuple[int, int]]] = []
+        self._features: list[LocalFeatures | None] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def append(self, kf_id: int, stamp: float, descriptor: np.ndarray, pose: np.ndarray | None,
+               K: np.ndarray | None, features: LocalFeatures | None) -> int:
+        """Add one keyframe; returns its row."""
+        n = len(self._rows)
+        if n == len(self._desc):
+            self._desc = np.resize(self._desc, (max(64, 2 * n), self.descriptor_dim))
+        self._desc[n] = descriptor
+        nan4, nan3 = np.full((4, 4), np.nan), np.full((3, 3), np.nan)
+        size = features.image_size if features is not None else (0, 0)
+        self._rows.append((int(kf_id), float(stamp), nan4 if pose is None else np.asarray(pose, float),
+                           nan3 if K is None else np.asarray(K, float), size))
+        self._features.append(features)
+        return n
+
+    def descriptor(self, row: int) -> np.ndarray:
+        return self._desc[row]
+
+    def features(self, row: int) -> LocalFeatures | None:
+        return self._features[row]
+
+    def row_info(self, row: int) -> tuple[int, float, np.ndarray | None, np.ndarray | None]:
+        """(id, stamp, pose or None, K or None) of one row."""
+        kf_id, stamp, pose, K, _ = self._rows[row]
+        return kf_id, stamp, None if np.isnan(pose).any() else pose, None if np.isnan(K).any() else K
+
+    def snapshot(self) -> SessionMap:
+        """A consistent :class:`SessionMap` of everything appended so far (copies the arrays)."""
+        n = len(self._rows)
+        feats = self._features
+        counts = [0 if f is None else len(f) for f in feats]
+        offsets = np.zeros(n + 1, np.int64)
+        offsets[1:] = np.cumsum(counts)
+        present = [f for f in feats if f is not None and len(f)]
+        width, dtype = (32, np.uint8) if self.header["feature"] == "orb" else (128, np.float32)
+        return SessionMap(
+            header=dict(self.header),
+            ids=np.array([r[0] for r in self._rows], np.int64),
+            stamps=np.array([r[1] for r in self._rows], np.float64),
+            poses=np.array([r[2] for r in self._rows], np.float64).reshape(n, 4, 4),
+            descriptors=self._desc[:n].copy(),
+            session_index=np.zeros(n, np.int32),
+            intrinsics=np.array([r[3] for r in self._rows], np.float64).reshape(n, 3, 3),
+            image_sizes=np.array([r[4] for r in self._rows], np.int32).reshape(n, 2),
+            feature_offsets=offsets,
+            keypoints=np.concatenate([f.keypoints for f in present]) if present else np.zeros((0, 2), np.float32),
+            feature_descriptors=np.concatenate([f.descriptors for f in present]) if present else np.zeros((0, width), dtype),
+            keypoint_depths=np.concatenate([f.depths for f in present]) if present else np.zeros(0, np.float32),
+        )
+
+
+def map_bytes(smap: SessionMap) -> bytes:
+    """The serialised map (for tests and size estimates)."""
+    buf = io.BytesIO()
+    np.savez(buf, **{name: getattr(smap, name) for name in _ARRAYS})
+    return buf.getvalue()
