@@ -157,6 +157,25 @@ def _rotate_covariance(cov: np.ndarray, R: np.ndarray) -> np.ndarray:
     return B @ cov @ B.T
 
 
+def camera_to_base(v: Verification, query_base_T_camera: np.ndarray | None, match_base_T_camera: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-frame verification -> (query_base_T_match_base (4,4), covariance (6,6) in the query base frame).
+
+    Identity is used for a missing ``base_T_camera``. Without metric scale the translation stays a
+    unit direction (rotated into the base frame; lever arms ignored since the scale is unknown).
+    The covariance is rotated into the base frame (the lever arm's effect is neglected).
+    """
+    q_bTc = np.eye(4) if query_base_T_camera is None else query_base_T_camera
+    m_bTc = np.eye(4) if match_base_T_camera is None else match_base_T_camera
+    if v.metric:
+        T = q_bTc @ v.qcam_T_mcam @ np.linalg.inv(m_bTc)
+    else:
+        T = np.eye(4)
+        T[:3, :3] = q_bTc[:3, :3] @ v.qcam_T_mcam[:3, :3] @ m_bTc[:3, :3].T
+        T[:3, 3] = q_bTc[:3, :3] @ v.qcam_T_mcam[:3, 3]
+    return T, _rotate_covariance(v.covariance, q_bTc[:3, :3])
+
+
 class LoopClosureEngine:
     """Per-frame loop-closure detection for one live session, with read-only prior maps."""
 
@@ -368,20 +387,7 @@ class LoopClosureEngine:
         if v is None:
             T, cov, metric, inliers = np.eye(4), np.eye(6) * 1e6, False, 0
         else:
-            T, cov = self._to_base(v, m_bTc)
+            T, cov = camera_to_base(v, self.base_T_camera, m_bTc)
             metric, inliers = v.metric, v.inliers
         return LoopClosure(stamp, c.match_stamp, self.session_id, session, kf_id, c.match_id, c.score, accepted,
                            inliers, T, metric and accepted, cov, odom, m_pose)
-
-    def _to_base(self, v: Verification, m_bTc: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Camera-frame verification -> (query_base_T_match_base, covariance in the query base frame)."""
-        q_bTc = np.eye(4) if self.base_T_camera is None else self.base_T_camera
-        m_bTc = np.eye(4) if m_bTc is None else m_bTc
-        if v.metric:
-            T = q_bTc @ v.qcam_T_mcam @ np.linalg.inv(m_bTc)
-        else:
-            # scale unknown: rotate the direction, ignore the lever arms
-            T = np.eye(4)
-            T[:3, :3] = q_bTc[:3, :3] @ v.qcam_T_mcam[:3, :3] @ m_bTc[:3, :3].T
-            T[:3, 3] = q_bTc[:3, :3] @ v.qcam_T_mcam[:3, 3]
-        return T, _rotate_covariance(v.covariance, q_bTc[:3, :3])

@@ -90,8 +90,9 @@ def _check_xy(xy: np.ndarray, n: int, name: str) -> np.ndarray:
 
 def model_image_size(model: Any) -> tuple[int, int]:
     """Input (H, W) of a RuntimeEncoder or a torch GatedEncoder."""
-    for owner in (model, getattr(model, "cfg", None), getattr(model, "config", None)):
-        size = getattr(owner, "image_size", None) if owner is not None else None
+    owners = (model, getattr(model, "config", None), getattr(model, "metadata", None))
+    for owner, attr in ((o, a) for o in owners if o is not None for a in ("image_size", "input_size")):
+        size = getattr(owner, attr, None)
         if size is not None:
             return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
     raise ValueError(f"cannot tell the input size of {type(model).__name__}: pass image_size explicitly")
@@ -169,6 +170,9 @@ class PRResult:
     n_closures: int
     n_correct: int
     n_gt_queries: int
+    radius_m: float
+    min_time_gap_s: float
+    max_yaw_deg: float
 
 
 def loop_closure_pr(
@@ -180,6 +184,8 @@ def loop_closure_pr(
     time_gaps_s: np.ndarray | None = None,
     radius_m: float = 10.0,
     min_time_gap_s: float = 30.0,
+    yaw_diffs_deg: np.ndarray | None = None,
+    max_yaw_deg: float = 180.0,
 ) -> PRResult:
     """Precision/recall of reported loop closures against ground-truth positions.
 
@@ -188,7 +194,8 @@ def loop_closure_pr(
     of one query count once for recall). n_gt_queries: number of ground-truth loop queries (query
     frames that have a true revisit) = the recall denominator. time_gaps_s (P,): |t_q - t_m| for
     same-session pairs, inf across sessions; a pair closer than ``min_time_gap_s`` is temporally
-    adjacent, not a loop, and counts as a false positive.
+    adjacent, not a loop, and counts as a false positive. yaw_diffs_deg (P,): heading difference of
+    the two frames; above ``max_yaw_deg`` the cameras see different things and the closure is wrong.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     p = len(scores)
@@ -200,6 +207,8 @@ def loop_closure_pr(
     correct = np.linalg.norm(qxy - mxy, axis=1) <= radius_m
     if time_gaps_s is not None:
         correct &= np.asarray(time_gaps_s, np.float64) >= min_time_gap_s
+    if yaw_diffs_deg is not None:
+        correct &= np.abs(np.asarray(yaw_diffs_deg, np.float64)) <= max_yaw_deg
     order = np.argsort(-scores, kind="stable")
     s, c = scores[order], correct[order]
     ids = np.asarray(query_ids)[order]
@@ -229,6 +238,9 @@ def loop_closure_pr(
         n_closures=p,
         n_correct=int(correct.sum()),
         n_gt_queries=int(n_gt_queries),
+        radius_m=float(radius_m),
+        min_time_gap_s=float(min_time_gap_s),
+        max_yaw_deg=float(max_yaw_deg),
     )
 
 
@@ -360,67 +372,114 @@ def read_closures_csv(path: Path | str) -> dict[str, np.ndarray]:
     }
 
 
+#: used when a ground-truth folder does not say how its loop pairs were defined
+DEFAULT_LOOP_GT = {"radius_m": 10.0, "max_yaw_deg": 30.0, "min_gap_s": 30.0}
+
+
 @dataclass(frozen=True)
 class _GroundTruth:
     name: str
     stamps: np.ndarray  # (N,) float64, sorted
     xy: np.ndarray  # (N, 2) float64
-    loop_query_stamps: np.ndarray  # (Q,) stamps of frames that have a true revisit
+    yaw: np.ndarray  # (N,) float64 radians, heading of base_link in the world
+    loop_query: np.ndarray  # (N,) bool: the frame has a true earlier visit in its own session
+    params: dict[str, float]
 
 
 def _load_groundtruth(session_dir: Path) -> _GroundTruth:
-    from clino_vpr_ros.synth import read_session_groundtruth
+    from clino_vpr_ros.synth.writers import read_session_groundtruth
 
-    stamps, world_T_base, loop_pairs, meta = read_session_groundtruth(session_dir)
+    stamps, world_T_base, loop_pairs, meta = read_session_groundtruth(Path(session_dir))
     stamps = np.asarray(stamps, np.float64)
     order = np.argsort(stamps)
-    name = str((meta or {}).get("session", (meta or {}).get("name", Path(session_dir).name)))
-    loop_q = np.unique(np.asarray(loop_pairs, np.float64).reshape(-1, 2)[:, 0]) if len(loop_pairs) else np.zeros(0)
-    return _GroundTruth(name, stamps[order], np.asarray(world_T_base)[order, :2, 3].astype(np.float64), loop_q)
+    stamps, poses = stamps[order], np.asarray(world_T_base, np.float64)[order]
+    meta = meta or {}
+    name = str(meta.get("session_id", Path(session_dir).name))
+    loop_stamps = np.asarray(loop_pairs, np.float64).reshape(-1, 2)[:, 0]
+    loop_query = np.zeros(len(stamps), bool)
+    if len(loop_stamps):
+        loop_query[_frame_at(stamps, loop_stamps, 1e-3, name)] = True
+    params = {**DEFAULT_LOOP_GT, **meta.get("gt_loop_params", {})}
+    yaw = np.arctan2(poses[:, 1, 0], poses[:, 0, 0])
+    return _GroundTruth(name, stamps, poses[:, :2, 3].copy(), yaw, loop_query, params)
 
 
-def _position_at(gt: _GroundTruth, stamps: np.ndarray, tol_s: float) -> np.ndarray:
-    """Nearest ground-truth xy of each stamp; ValueError if a stamp is farther than ``tol_s`` from any."""
-    idx = np.clip(np.searchsorted(gt.stamps, stamps), 1, len(gt.stamps) - 1)
-    left_closer = np.abs(stamps - gt.stamps[idx - 1]) <= np.abs(stamps - gt.stamps[idx])
+def _frame_at(gt_stamps: np.ndarray, stamps: np.ndarray, tol_s: float, session: str) -> np.ndarray:
+    """Index of the nearest ground-truth frame of each stamp; ValueError if farther than ``tol_s``."""
+    idx = np.clip(np.searchsorted(gt_stamps, stamps), 1, len(gt_stamps) - 1)
+    left_closer = np.abs(stamps - gt_stamps[idx - 1]) <= np.abs(stamps - gt_stamps[idx])
     idx = np.where(left_closer, idx - 1, idx)
-    worst = np.abs(gt.stamps[idx] - stamps).max(initial=0.0)
+    worst = np.abs(gt_stamps[idx] - stamps).max(initial=0.0)
     if worst > tol_s:
-        raise ValueError(f"a closure stamp is {worst:.3f} s from any ground-truth stamp of session {gt.name!r}")
-    return gt.xy[idx]
+        raise ValueError(f"a closure stamp is {worst:.3f} s from any ground-truth stamp of session {session!r}")
+    return idx
+
+
+def _yaw_diff_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.degrees(np.abs((a - b + np.pi) % (2 * np.pi) - np.pi))
+
+
+def _cross_session_queries(gts: Sequence[_GroundTruth], radius_m: float, max_yaw_deg: float) -> list[np.ndarray]:
+    """Per session, bool (N,): the frame revisits a place of an earlier session (earlier in ``gts``)."""
+    out = [np.zeros(len(gts[0].stamps), bool)]
+    for i in range(1, len(gts)):
+        q = gts[i]
+        hit = np.zeros(len(q.stamps), bool)
+        for d in gts[:i]:
+            close = np.linalg.norm(q.xy[:, None] - d.xy[None], axis=2) <= radius_m
+            close &= _yaw_diff_deg(q.yaw[:, None], d.yaw[None]) <= max_yaw_deg
+            hit |= close.any(1)
+        out.append(hit)
+    return out
 
 
 def evaluate_closures(
     closures: dict[str, np.ndarray],
     groundtruth: Sequence[Path],
-    radius_m: float = 10.0,
-    min_time_gap_s: float = 30.0,
+    radius_m: float | None = None,
+    min_time_gap_s: float | None = None,
+    max_yaw_deg: float | None = None,
     stamp_tol_s: float = 0.1,
     verified_only: bool = False,
 ) -> PRResult:
     """PR of a closures table (see :func:`read_closures_csv`) against session ground-truth folders.
 
-    The recall denominator is the number of distinct ground-truth loop-query stamps of the sessions
-    (first column of their loop pairs). A single session folder serves any session name.
+    A closure is correct when its two frames lie within ``radius_m`` with headings within
+    ``max_yaw_deg`` and, in one session, at least ``min_time_gap_s`` apart. Defaults (None) are the
+    ground truth's own loop definition (``session.json`` ``gt_loop_params``). The recall denominator is
+    the number of ground-truth loop queries: frames with a true earlier visit in their own session
+    (``loops.csv``) or, given several folders in mapping order, in an earlier session. A single
+    folder serves any session name.
     """
-    gts = {g.name: g for g in (_load_groundtruth(Path(d)) for d in groundtruth)}
-    only = next(iter(gts.values())) if len(gts) == 1 else None
-    keep = closures["verified"] if verified_only else np.ones(len(closures["score"]), bool)
-    q_xy, m_xy, gaps = [], [], []
-    for i in np.nonzero(keep)[0]:
+    if not groundtruth:
+        raise ValueError("at least one ground-truth session folder is needed")
+    gts = [_load_groundtruth(Path(d)) for d in groundtruth]
+    params = gts[0].params
+    radius_m = params["radius_m"] if radius_m is None else radius_m
+    min_time_gap_s = params["min_gap_s"] if min_time_gap_s is None else min_time_gap_s
+    max_yaw_deg = params["max_yaw_deg"] if max_yaw_deg is None else max_yaw_deg
+    by_name = {g.name: g for g in gts}
+    only = gts[0] if len(gts) == 1 else None
+    keep = np.nonzero(closures["verified"] if verified_only else np.ones(len(closures["score"]), bool))[0]
+    q_xy, m_xy, gaps, dyaw, ids = [], [], [], [], []
+    for i in keep:
         qs, ms = closures["query_session"][i], closures["match_session"][i]
-        gq, gm = gts.get(qs, only), gts.get(ms, only)
+        gq, gm = by_name.get(qs, only), by_name.get(ms, only)
         if gq is None or gm is None:
-            raise ValueError(f"closure sessions {qs!r}/{ms!r} not in the ground truth sessions {sorted(gts)}")
-        q_xy.append(_position_at(gq, closures["query_stamp"][i : i + 1], stamp_tol_s)[0])
-        m_xy.append(_position_at(gm, closures["match_stamp"][i : i + 1], stamp_tol_s)[0])
-        same = gq is gm
-        gaps.append(abs(closures["query_stamp"][i] - closures["match_stamp"][i]) if same else np.inf)
-    ids = [f"{closures['query_session'][i]}@{closures['query_stamp'][i]:.6f}" for i in np.nonzero(keep)[0]]
-    n_gt = sum(len(g.loop_query_stamps) for g in gts.values())
+            raise ValueError(f"closure sessions {qs!r}/{ms!r} not among the ground-truth sessions {sorted(by_name)}")
+        iq = _frame_at(gq.stamps, closures["query_stamp"][i : i + 1], stamp_tol_s, gq.name)[0]
+        im = _frame_at(gm.stamps, closures["match_stamp"][i : i + 1], stamp_tol_s, gm.name)[0]
+        q_xy.append(gq.xy[iq])
+        m_xy.append(gm.xy[im])
+        dyaw.append(_yaw_diff_deg(gq.yaw[iq], gm.yaw[im]))
+        gaps.append(abs(gq.stamps[iq] - gm.stamps[im]) if gq is gm else np.inf)
+        ids.append(f"{gq.name}#{iq}")
+    cross = _cross_session_queries(gts, radius_m, max_yaw_deg)
+    n_gt = int(sum((g.loop_query | c).sum() for g, c in zip(gts, cross)))
     return loop_closure_pr(
         closures["score"][keep], np.reshape(q_xy, (-1, 2)), np.reshape(m_xy, (-1, 2)), np.array(ids, dtype=object),
         n_gt, np.array(gaps, np.float64), radius_m=radius_m, min_time_gap_s=min_time_gap_s,
+        yaw_diffs_deg=np.array(dyaw, np.float64), max_yaw_deg=max_yaw_deg,
     )
 
 
@@ -459,14 +518,16 @@ def _cmd_recall(args: argparse.Namespace) -> int:
 def _cmd_loops(args: argparse.Namespace) -> int:
     closures = read_closures_csv(args.closures)
     res = evaluate_closures(closures, [Path(d) for d in args.groundtruth], radius_m=args.radius,
-                            min_time_gap_s=args.min_time_gap, verified_only=args.verified_only)
-    print(f"closures {res.n_closures} (correct {res.n_correct}), ground-truth loop queries {res.n_gt_queries}")
+                            min_time_gap_s=args.min_time_gap, verified_only=args.verified_only,
+                            max_yaw_deg=args.max_yaw)
+    print(f"closures {res.n_closures} (correct {res.n_correct}), ground-truth loop queries {res.n_gt_queries} "
+          f"(within {res.radius_m:g} m and {res.max_yaw_deg:g} deg, >= {res.min_time_gap_s:g} s apart)")
     print(f"precision {res.precision:.3f}  recall {res.recall:.3f}  "
           f"max recall@100%P {res.max_recall_at_100_precision:.3f}  AUC {res.auc:.3f}")
     out = Path(args.out)
     png = plot_pr_curve({Path(args.closures).stem: res}, out / "pr_curve.png")
-    payload = {"schema_version": SCHEMA_VERSION, "closures": str(args.closures), "radius_m": args.radius,
-               "min_time_gap_s": args.min_time_gap, **asdict(res)}
+    payload = {"schema_version": SCHEMA_VERSION, "closures": str(args.closures),
+               "groundtruth": [str(d) for d in args.groundtruth], **asdict(res)}
     js = write_json_atomic(payload, out / "loop_closure_pr.json")
     print(f"wrote {png} and {js}")
     return 0
@@ -487,8 +548,12 @@ def main(argv: list[str] | None = None) -> int:
     lp.add_argument("--closures", required=True, help="CSV: query_stamp,match_stamp,query_session,match_session,score,verified,inliers")
     lp.add_argument("--groundtruth", required=True, nargs="+", help="session folder(s) with ground truth")
     lp.add_argument("--out", required=True, help="output folder for pr_curve.png and loop_closure_pr.json")
-    lp.add_argument("--radius", type=float, default=10.0, help="a closure is correct within this distance (m)")
-    lp.add_argument("--min-time-gap", type=float, default=30.0, help="same-session pairs closer in time are not loops (s)")
+    lp.add_argument("--radius", type=float, default=None,
+                    help="a closure is correct within this distance (m); default: the ground truth's own")
+    lp.add_argument("--min-time-gap", type=float, default=None,
+                    help="same-session pairs closer in time are not loops (s); default: the ground truth's own")
+    lp.add_argument("--max-yaw", type=float, default=None,
+                    help="a closure is wrong above this heading difference (deg); default: the ground truth's own")
     lp.add_argument("--verified-only", action="store_true", help="score only geometrically verified closures")
     lp.set_defaults(func=_cmd_loops)
     args = parser.parse_args(argv)

@@ -29,8 +29,8 @@ class IndexConfig:
 
     kind: str = "flat"
     hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 96
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: int = 128
     use_gpu: bool = False
     exclude_recent_s: float = 30.0
     exclude_recent_keyframes: int = 20
@@ -160,7 +160,8 @@ class KeyframeIndex:
         if n_rows > 0:
             s, r = self._search_prefix(q, k, n_rows)
             scores[:, : s.shape[1]], rows[:, : r.shape[1]] = s, r
-        ids = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1).astype(np.int64)
+        ids = np.full(rows.shape, -1, dtype=np.int64)
+        ids[rows >= 0] = self._ids[rows[rows >= 0]]
         scores[rows < 0] = -np.inf
         return scores, ids, rows
 

@@ -15,7 +15,7 @@ array                  dtype, shape       meaning
 ``image_sizes``        int32 (N,2)        (height, width); 0 = no image
 ``feature_offsets``    int64 (N+1,)       keyframe i owns local features [off[i], off[i+1])
 ``keypoints``          float32 (M,2)      pixel (x, y)
-``feature_descriptors`` uint8/float32 (M,F)  ORB / SIFT descriptors
+``feature_descriptors`` uint8 (M,F)      ORB (F=32) / SIFT (F=128) descriptors
 ``keypoint_depths``    float32 (M,)       metres at each keypoint; NaN = unknown
 =====================  =================  ==================================================
 
@@ -41,7 +41,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from clino_vpr_ros.verify import LocalFeatures
+from clino_vpr_ros.verify import LocalFeatures, feature_width
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,9 @@ class SessionMap:
             a = getattr(self, name)
             if a.shape != shape or a.dtype != dtype:
                 raise ValueError(f"array {name!r} is {a.dtype} {a.shape}, expected {np.dtype(dtype)} {shape}")
-        if len(self.feature_descriptors) != m:
-            raise ValueError(f"feature_descriptors has {len(self.feature_descriptors)} rows, keypoints {m}")
+        width = feature_width(str(self.header.get("feature", "orb")))
+        if self.feature_descriptors.shape != (m, width) or self.feature_descriptors.dtype != np.uint8:
+            raise ValueError(f"feature_descriptors is {self.feature_descriptors.dtype} {self.feature_descriptors.shape}, expected uint8 {(m, width)}")
         if self.feature_offsets[0] != 0 or self.feature_offsets[-1] != m or np.any(np.diff(self.feature_offsets) < 0):
             raise ValueError("feature_offsets must rise from 0 to the number of keypoints")
         if n and (self.session_index.min() < 0 or self.session_index.max() >= len(self.header.get("sessions", []))):
@@ -277,7 +278,7 @@ class SessionMapBuilder:
         offsets = np.zeros(n + 1, np.int64)
         offsets[1:] = np.cumsum(counts)
         present = [f for f in feats if f is not None and len(f)]
-        width, dtype = (32, np.uint8) if self.header["feature"] == "orb" else (128, np.float32)
+        width = feature_width(self.header["feature"])
         return SessionMap(
             header=dict(self.header),
             ids=np.array([r[0] for r in self._rows], np.int64),
@@ -289,7 +290,7 @@ class SessionMapBuilder:
             image_sizes=np.array([r[4] for r in self._rows], np.int32).reshape(n, 2),
             feature_offsets=offsets,
             keypoints=np.concatenate([f.keypoints for f in present]) if present else np.zeros((0, 2), np.float32),
-            feature_descriptors=np.concatenate([f.descriptors for f in present]) if present else np.zeros((0, width), dtype),
+            feature_descriptors=np.concatenate([f.descriptors for f in present]) if present else np.zeros((0, width), np.uint8),
             keypoint_depths=np.concatenate([f.depths for f in present]) if present else np.zeros(0, np.float32),
         )
 

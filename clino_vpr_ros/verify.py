@@ -55,19 +55,27 @@ def _sift(n: int) -> cv2.Feature2D:
     return cv2.SIFT_create(nfeatures=n)
 
 
-#: feature name -> (detector factory, matcher norm)
-FEATURES: dict[str, tuple[Callable[[int], cv2.Feature2D], int]] = {
-    "orb": (_orb, cv2.NORM_HAMMING),
-    "sift": (_sift, cv2.NORM_L2),
+#: feature name -> (detector factory, matcher norm, descriptor bytes). SIFT descriptors are
+#: integer-valued in [0, 255] in OpenCV, so they are stored as uint8 without loss (4x smaller).
+FEATURES: dict[str, tuple[Callable[[int], cv2.Feature2D], int, int]] = {
+    "orb": (_orb, cv2.NORM_HAMMING, 32),
+    "sift": (_sift, cv2.NORM_L2, 128),
 }
+
+
+def feature_width(name: str) -> int:
+    """Bytes per local descriptor of a feature type (ValueError listing valid names otherwise)."""
+    if name not in FEATURES:
+        raise ValueError(f"unknown local feature {name!r}; valid: {', '.join(FEATURES)}")
+    return FEATURES[name][2]
 
 
 @dataclass(frozen=True)
 class VerifyConfig:
     """Local features, matching, robust estimation and the covariance model (see module doc)."""
 
-    feature: str = "orb"
-    n_features: int = 1500
+    feature: str = "sift"
+    n_features: int = 1000
     ratio: float = 0.8
     min_inliers: int = 20
     estimator: str = "magsac"
@@ -77,6 +85,7 @@ class VerifyConfig:
     pnp_iterations: int = 1000
     min_depth_m: float = 0.1
     max_depth_m: float = 40.0
+    depth_edge_ratio: float = 0.05
     pixel_sigma: float = 1.0
     min_rotation_sigma_rad: float = 0.002
     min_translation_sigma_m: float = 0.02
@@ -97,8 +106,8 @@ class VerifyConfig:
 class LocalFeatures:
     """Local features of one keyframe.
 
-    keypoints: float32 (N,2) pixel (x, y) in the original image; descriptors: (N,F) uint8 (ORB) or
-    float32 (SIFT); depths: float32 (N,) metres at each keypoint, NaN where unknown;
+    keypoints: float32 (N,2) pixel (x, y) in the original image; descriptors: uint8 (N,F), F=32 for
+    ORB, 128 for SIFT; depths: float32 (N,) metres at each keypoint, NaN where unknown;
     image_size: (height, width).
     """
 
@@ -153,23 +162,38 @@ def extract_features(gray: np.ndarray, cfg: VerifyConfig = VerifyConfig(), depth
     """Detect and describe local features on a uint8 (H,W) image; sample depth (float32 (H,W) m) at keypoints."""
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"extract_features needs a uint8 (H,W) gray image, got {gray.dtype} {gray.shape}")
-    factory, _ = FEATURES[cfg.feature]
+    factory, _, width = FEATURES[cfg.feature]
     kps, desc = factory(cfg.n_features).detectAndCompute(gray, None)
     h, w = gray.shape
     if desc is None or not kps:
-        width, dtype = (32, np.uint8) if cfg.feature == "orb" else (128, np.float32)
-        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, width), dtype), np.zeros(0, np.float32), (h, w))
+        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, width), np.uint8), np.zeros(0, np.float32), (h, w))
+    desc = np.clip(np.rint(desc), 0, 255).astype(np.uint8)
     pts = np.array([kp.pt for kp in kps], dtype=np.float32)
     depths = np.full(len(pts), np.nan, dtype=np.float32)
     if depth is not None:
         if depth.shape != (h, w):
             raise ValueError(f"depth shape {depth.shape} must equal the image shape {(h, w)}")
-        u = np.clip(np.rint(pts[:, 0]).astype(int), 0, w - 1)
-        v = np.clip(np.rint(pts[:, 1]).astype(int), 0, h - 1)
-        z = depth[v, u].astype(np.float32)
-        valid = np.isfinite(z) & (z >= cfg.min_depth_m) & (z <= cfg.max_depth_m)
-        depths[valid] = z[valid]
+        depths = _sample_depth(np.asarray(depth, dtype=np.float32), pts, cfg)
     return LocalFeatures(pts, np.ascontiguousarray(desc), depths, (h, w))
+
+
+def _sample_depth(depth: np.ndarray, pts: np.ndarray, cfg: VerifyConfig) -> np.ndarray:
+    """float32 (N,) depth at each keypoint, NaN where unknown or on a depth edge.
+
+    Corners sit on object boundaries, where the nearest depth pixel may belong to the background;
+    a keypoint whose 3x3 neighbourhood spans more than ``depth_edge_ratio`` (max/min - 1) gets no
+    depth instead of a wrong one.
+    """
+    valid = np.isfinite(depth) & (depth >= cfg.min_depth_m) & (depth <= cfg.max_depth_m)
+    kernel = np.ones((3, 3), np.uint8)
+    lo = cv2.erode(np.where(valid, depth, np.float32(np.inf)).astype(np.float32), kernel)
+    hi = cv2.dilate(np.where(valid, depth, np.float32(np.inf)).astype(np.float32), kernel)
+    h, w = depth.shape
+    u = np.clip(np.rint(pts[:, 0]).astype(int), 0, w - 1)
+    v = np.clip(np.rint(pts[:, 1]).astype(int), 0, h - 1)
+    z, zlo, zhi = depth[v, u], lo[v, u], hi[v, u]
+    ok = valid[v, u] & np.isfinite(zhi) & (zhi <= zlo * (1.0 + cfg.depth_edge_ratio))
+    return np.where(ok, z, np.nan).astype(np.float32)
 
 
 def _ratio_matches(query: LocalFeatures, match: LocalFeatures, cfg: VerifyConfig) -> np.ndarray:
@@ -206,8 +230,13 @@ def _backproject(pts: np.ndarray, depths: np.ndarray, K: np.ndarray) -> np.ndarr
     return np.stack([x * depths, y * depths, depths], axis=1).astype(np.float64)
 
 
-def _pnp(obj: np.ndarray, img: np.ndarray, K: np.ndarray, cfg: VerifyConfig) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """cam_T_obj (4,4), inlier indices, RMS reprojection (px); None when PnP fails."""
+def _pnp(obj: np.ndarray, img: np.ndarray, K: np.ndarray, cfg: VerifyConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """cam_T_obj (4,4), inlier indices and the pose covariance (6,6: x,y,z,roll,pitch,yaw); None on failure.
+
+    Covariance: sigma^2 (J^T J)^-1 of the reprojection Jacobian at the solution (sigma: inlier RMS
+    reprojection error, floored at ``pixel_sigma``), so weak geometry (few or clustered points,
+    far depth) gives a large covariance; then floored per axis (see the module docstring).
+    """
     ok, rvec, tvec, inl = cv2.solvePnPRansac(
         obj, img.astype(np.float64), K, None, iterationsCount=cfg.pnp_iterations,
         reprojectionError=cfg.pnp_reprojection_px, confidence=cfg.confidence, flags=cv2.SOLVEPNP_EPNP,
@@ -216,9 +245,17 @@ def _pnp(obj: np.ndarray, img: np.ndarray, K: np.ndarray, cfg: VerifyConfig) -> 
         return None
     inl = inl.ravel()
     rvec, tvec = cv2.solvePnPRefineLM(obj[inl], img[inl].astype(np.float64), K, None, rvec, tvec)
-    proj, _ = cv2.projectPoints(obj[inl], rvec, tvec, K, None)
+    proj, jac = cv2.projectPoints(obj[inl], rvec, tvec, K, None)
     rms = float(np.sqrt(np.mean(np.sum((proj.reshape(-1, 2) - img[inl]) ** 2, axis=1))))
-    return _pose(cv2.Rodrigues(rvec)[0], tvec), inl, rms
+    J = jac[:, [3, 4, 5, 0, 1, 2]]  # (tvec, rvec) -> order x, y, z, roll, pitch, yaw
+    sigma = max(rms, cfg.pixel_sigma)
+    try:
+        cov = sigma**2 * np.linalg.inv(J.T @ J)
+    except np.linalg.LinAlgError:
+        return None
+    floor = np.array([cfg.min_translation_sigma_m] * 3 + [cfg.min_rotation_sigma_rad] * 3) ** 2
+    cov = cov + np.diag(np.maximum(floor - np.diag(cov), 0.0))
+    return _pose(cv2.Rodrigues(rvec)[0], tvec), inl, cov
 
 
 def _verify_pnp(q: LocalFeatures, Kq: np.ndarray, m: LocalFeatures, Km: np.ndarray, pairs: np.ndarray, cfg: VerifyConfig) -> Verification | None:
@@ -234,10 +271,14 @@ def _verify_pnp(q: LocalFeatures, Kq: np.ndarray, m: LocalFeatures, Km: np.ndarr
         result = _pnp(obj, dst.keypoints[di[ok]], Kdst, cfg)
         if result is None:
             continue
-        dst_T_src, inl, rms = result
-        qcam_T_mcam = dst_T_src if side == "match" else np.linalg.inv(dst_T_src)
-        focal = float(np.mean([Kdst[0, 0], Kdst[1, 1]]))
-        cov = _covariance(cfg, focal, rms, len(inl), float(np.median(obj[inl, 2])))
+        dst_T_src, inl, cov = result
+        if side == "match":
+            qcam_T_mcam = dst_T_src
+        else:  # the covariance of the inverse, to first order: rotate into the query frame
+            qcam_T_mcam = np.linalg.inv(dst_T_src)
+            B = np.zeros((6, 6))
+            B[:3, :3] = B[3:, 3:] = qcam_T_mcam[:3, :3]
+            cov = B @ cov @ B.T
         accepted = len(inl) >= cfg.min_inliers
         reason = "" if accepted else f"{len(inl)} PnP inliers < min_inliers {cfg.min_inliers}"
         return Verification(accepted, len(inl), len(pairs), qcam_T_mcam, True, cov, "pnp", reason)
@@ -310,7 +351,7 @@ def verify_pair(
         cfg: verification settings.
     """
     Kq, Km = _check_K(K_query, "K_query"), _check_K(K_match, "K_match")
-    if query.descriptors.dtype != match.descriptors.dtype or query.descriptors.shape[1:] != match.descriptors.shape[1:]:
+    if query.descriptors.shape[1:] != (feature_width(cfg.feature),) or match.descriptors.shape[1:] != (feature_width(cfg.feature),):
         return _rejected(0, 0, "none", "local features of different types cannot be matched")
     pairs = _ratio_matches(query, match, cfg)
     if len(pairs) < cfg.min_inliers:

@@ -15,6 +15,8 @@ from builtin_interfaces.msg import Time
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from clino_vpr_ros.preprocess import to_rgb8
+
 #: encoding -> (channels, numpy dtype of one channel). The set the node accepts on ``image``.
 IMAGE_LAYOUTS: dict[str, tuple[int, np.dtype]] = {
     "rgb8": (3, np.dtype(np.uint8)),
@@ -89,6 +91,20 @@ def image_to_numpy(msg: Image) -> tuple[np.ndarray, str]:
     """
     array = _unpack(msg, IMAGE_LAYOUTS, "image")
     return np.ascontiguousarray(array), msg.encoding
+
+
+def for_pipeline(image: np.ndarray, encoding: str) -> tuple[np.ndarray, str]:
+    """Hand the pipeline an image it takes as is: colour (H, W, 3|4) uint8, or mono8 as (H, W).
+
+    mono16 and Bayer frames go through the shared preprocessing policy (``preprocess.to_rgb8``:
+    linear 16->8 bit, OpenCV demosaicing) once here, so encoder and local features see the same
+    8-bit RGB image (local features on a raw Bayer mosaic would match the pattern, not the scene).
+    """
+    if encoding == "mono8":
+        return image.reshape(image.shape[:2]), encoding
+    if encoding == "mono16" or encoding.startswith("bayer_"):
+        return to_rgb8(image, encoding), "rgb8"
+    return image, encoding
 
 
 def depth_to_numpy(msg: Image) -> np.ndarray:

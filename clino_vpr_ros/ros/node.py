@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import math
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import Odometry
+from rclpy.exceptions import ParameterException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -44,6 +46,10 @@ LATCHED = QoSProfile(
 )
 # small side streams: best effort matches reliable and best-effort publishers alike
 SIDE_STREAM = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
+#: a side stream (odom, depth) counts as alive when its last message is this recent
+STREAM_ALIVE_S = 1.0
+#: longest wait of the worker for odometry / depth to reach an image's stamp
+SYNC_WAIT_S = 0.1
 RESULTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
@@ -86,14 +92,30 @@ class StampedBuffer:
 
     def __init__(self, maxlen: int) -> None:
         self._items: collections.deque[tuple[float, Any]] = collections.deque(maxlen=maxlen)
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._last_arrival = -math.inf  # time.monotonic() of the newest message
 
     def add(self, stamp: float, msg: Any) -> None:
-        with self._lock:
+        with self._cond:
             self._items.append((stamp, msg))
+            self._last_arrival = time.monotonic()
+            self._cond.notify_all()
 
-    def nearest(self, stamp: float, tolerance: float) -> Any:
-        with self._lock:
+    def nearest(self, stamp: float, tolerance: float, wait_s: float = 0.0) -> Any:
+        """The message nearest ``stamp`` within ``tolerance``, or None.
+
+        Side streams race the image (separate DDS writers): when the stream is alive but has not
+        reached ``stamp`` yet, wait up to ``wait_s`` for a message at or after it, as an
+        approximate-time synchroniser would.
+        """
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while (
+                self._items and max(s for s, _ in self._items) < stamp
+                and time.monotonic() - self._last_arrival < STREAM_ALIVE_S
+                and time.monotonic() < deadline
+            ):
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
             items = sorted(self._items, key=lambda x: x[0])
         if not items:
             return None
@@ -103,7 +125,7 @@ class StampedBuffer:
         return items[best][1] if abs(stamps[best] - stamp) <= tolerance else None
 
     def clear(self) -> None:
-        with self._lock:
+        with self._cond:
             self._items.clear()
 
 
@@ -198,13 +220,13 @@ class ClinoVprNode(Node):
             "reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT
         }[self.p.image_qos_reliability]
         image_qos = QoSProfile(depth=self.p.image_qos_depth, reliability=reliability, history=HistoryPolicy.KEEP_LAST)
+        # like image_transport: the compressed topic follows the (remapped) base topic `image`
+        self._image_topic = self.resolve_topic_name("image")
         if self.p.image_transport == "compressed":
-            self._image_topic = "image/compressed"
+            self._image_topic += "/compressed"
             self.create_subscription(CompressedImage, self._image_topic, self._on_image, image_qos)
         else:
-            self._image_topic = "image"
             self.create_subscription(Image, self._image_topic, self._on_image, image_qos)
-        self._image_topic = self.resolve_topic_name(self._image_topic)
         if self.p.use_camera_info:
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, SIDE_STREAM)
         if self.p.use_odom:
@@ -286,6 +308,7 @@ class ClinoVprNode(Node):
             image, encoding = conversions.compressed_to_numpy(msg)
         else:
             image, encoding = conversions.image_to_numpy(msg)
+        image, encoding = conversions.for_pipeline(image, encoding)
         stamp = conversions.stamp_to_sec(msg.header.stamp)
         odom_T_base = self._pose_at(stamp)
         depth = self._depth_at(stamp)
@@ -303,7 +326,7 @@ class ClinoVprNode(Node):
     def _pose_at(self, stamp: float) -> np.ndarray | None:
         if not self.p.use_odom:
             return None
-        odom = self._odom.nearest(stamp, self.get_parameter("sync_tolerance_s").value)
+        odom = self._odom.nearest(stamp, self.get_parameter("sync_tolerance_s").value, SYNC_WAIT_S)
         if odom is None:
             self._warn("no_odom", f"no odometry within sync_tolerance_s of image stamp {stamp:.3f}: keyframe unposed")
             return None
@@ -312,7 +335,7 @@ class ClinoVprNode(Node):
     def _depth_at(self, stamp: float) -> np.ndarray | None:
         if not self.p.use_depth:
             return None
-        msg = self._depth.nearest(stamp, self.get_parameter("sync_tolerance_s").value)
+        msg = self._depth.nearest(stamp, self.get_parameter("sync_tolerance_s").value, SYNC_WAIT_S)
         return None if msg is None else conversions.depth_to_numpy(msg)
 
     def _publish(self, result: Any, header: Any) -> None:
@@ -425,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         node = ClinoVprNode()
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ParameterException) as e:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
         rclpy.try_shutdown()
         return 2

@@ -103,7 +103,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("autosave_period_s", float, 60.0, "Save the map to map_path every this many seconds; 0 saves "
               "only on ~/save_map and at shutdown (SIGINT / SIGTERM).", range=(0.0, 86400.0)),
     ParamSpec("image_transport", str, "raw", "raw: subscribe `image` (sensor_msgs/Image); compressed: "
-              "subscribe `image/compressed` (sensor_msgs/CompressedImage, jpeg or png).", choices=("raw", "compressed")),
+              "subscribe `<image>/compressed` (sensor_msgs/CompressedImage, jpeg or png; follows a remap of image).", choices=("raw", "compressed")),
     ParamSpec("image_qos_reliability", str, "reliable", "Reliability of the image subscription. reliable (default) "
               "receives large frames intact but only matches reliable publishers; set best_effort for a best-effort "
               "camera (with Fast DDS, best effort lost every 640x480 frame in our tests).", choices=("reliable", "best_effort")),

@@ -6,9 +6,13 @@ Everything is deterministic from seeds. See ``clino-vpr synth --help``.
 
 from clino_vpr_ros.synth.conditions import CONDITIONS, SEASONS, Condition, get_condition, sample_condition
 from clino_vpr_ros.synth.render import RenderOutput, Renderer, intrinsics
+from clino_vpr_ros.synth.session import (
+    ROUTES, Session, SessionConfig, SessionFrame, generate_session, gt_cross_session_pairs, make_base_T_camera, pose2d,
+)
 from clino_vpr_ros.synth.town import LABELS, Town, TownConfig, generate_town
 
 __all__ = [
     "CONDITIONS", "LABELS", "SEASONS", "Condition", "RenderOutput", "Renderer", "Town", "TownConfig",
-    "generate_town", "get_condition", "intrinsics", "sample_condition",
+    "generate_town", "get_condition", "intrinsics", "sample_condition", "ROUTES", "Session", "SessionConfig",
+    "SessionFrame", "generate_session", "gt_cross_session_pairs", "make_base_T_camera", "pose2d",
 ]

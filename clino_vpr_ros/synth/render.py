@@ -23,7 +23,8 @@ from clino_vpr_ros.synth.town import LABELS, NOISE_SIZE, Town
 logger = logging.getLogger(__name__)
 
 MAX_RANGE_M = 220.0
-_NEAR_CLEAR_M = 3.0  # dynamic objects closer than this to the camera are dropped (never render from inside a car)
+SMALL_RANGE_M = 90.0
+_NEAR_CLEAR_M = 6.0  # vehicles/pedestrians closer than this are dropped: the ego vehicle keeps its own space clear
 _SIGN_SLOTS = 3
 _CANOPY = {"spring": (0.85, (0.35, 0.55, 0.2)), "summer": (1.0, (0.18, 0.42, 0.12)),
            "autumn": (0.9, (0.7, 0.38, 0.1)), "winter": (0.45, (0.38, 0.33, 0.28))}
@@ -69,8 +70,19 @@ class Renderer:
         self.K = intrinsics((h, w), hfov_deg)
         self._xc = ((np.arange(w) - self.K[0, 2]) / self.K[0, 0]).astype(np.float32)  # (W,)
         self._yc = ((np.arange(h) - self.K[1, 2]) / self.K[1, 1]).astype(np.float32)  # (H,)
+        dz = -self._yc
+        self._inv_dz = (1.0 / np.where(np.abs(dz) < 1e-7, 1e-7, dz)).astype(np.float32)[:, None, None]  # (H,1,1)
+        self._col_grid = np.broadcast_to(np.arange(w)[None, :], (h, w))
+        self._inv_f = np.float32(1.0 / self.K[0, 0])
+        self._mip_flat, self._mip_offsets, self._mip_levels = _noise_pyramid(town.noise)
         self._static = self._static_objects()
         self._signs = self._sign_table()
+        z = self.town.sign_z
+        self._sign_z_range = (float(z.min()), float(z.max())) if len(z) else (np.inf, -np.inf)
+        st = self.town.styles
+        # palette rows: wall, mortar, window frame, glass, curtain, roof
+        self._palette = np.stack([st.base_rgb, st.trim_rgb * 1.0, st.trim_rgb, st.glass_rgb,
+                                  0.75 * st.trim_rgb + 0.2, np.full_like(st.base_rgb, 0.3)], axis=1).astype(np.float32)
 
     # ------------------------------------------------------------------ scene
     def _static_objects(self) -> dict[str, np.ndarray]:
@@ -136,6 +148,22 @@ class Renderer:
         hit = self._cast(cam, rot, scene)
         return self._shade(cam, rot, scene, hit, condition, float(stamp))
 
+    def _in_frustum(self, rel: np.ndarray, rot: np.ndarray) -> np.ndarray:
+        """(N,) bool: the box footprint overlaps the horizontal field of view (conservative)."""
+        xs = rel[:, [0, 3, 3, 0]]
+        ys = rel[:, [1, 1, 4, 4]]
+        right, fwd = rot[:2, 0], rot[:2, 2]
+        xc = xs * right[0] + ys * right[1]
+        zc = xs * fwd[0] + ys * fwd[1]
+        half = math.tan(math.radians(self.hfov_deg) / 2.0) * 1.05
+        in_front = zc > 0.05
+        # any corner behind the camera: keep unless all corners are behind
+        straddle = in_front.any(1) & ~in_front.all(1)
+        ratio = np.where(in_front, xc / np.where(in_front, zc, 1.0), 0.0)
+        lo = np.where(in_front, ratio, np.inf).min(1)
+        hi = np.where(in_front, ratio, -np.inf).max(1)
+        return straddle | (in_front.all(1) & (hi >= -half) & (lo <= half))
+
     def _cast(self, cam: np.ndarray, rot: np.ndarray, scene: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         h, w = self.image_size
         dxy = (self._xc[:, None] * rot[:2, 0][None, :] + rot[:2, 2][None, :]).astype(np.float32)  # (W,2)
@@ -148,6 +176,8 @@ class Renderer:
         keep = dist < MAX_RANGE_M
         keep &= ~((cls == _VEHICLE) | (cls == _PED)) | (dist > _NEAR_CLEAR_M)
         keep &= dist > 0.0  # never render from inside a box
+        keep &= (cls == LABELS["building"]) | (dist < SMALL_RANGE_M)  # trees/people/cars beyond: a few pixels
+        keep &= self._in_frustum(rel, rot)
         idx = np.flatnonzero(keep)
         rel = rel[idx].astype(np.float32)
 
@@ -180,19 +210,21 @@ class Renderer:
         cand_t_out = np.where(ok, np.take_along_axis(t_out, sel, 1), -np.inf)
         cand_z0, cand_z1 = rel[sel, 2], rel[sel, 5]  # (W,k)
 
-        # per pixel: vertical slab. dz per row = -yc (camera is upright)
-        dz = -self._yc
-        dz = np.where(np.abs(dz) < 1e-7, 1e-7, dz)[:, None, None]  # (H,1,1)
-        tza, tzb = cand_z0[None] / dz, cand_z1[None] / dz  # (H,W,k)
-        t_near = np.maximum(cand_t_in[None], np.minimum(tza, tzb))
-        t_far = np.minimum(cand_t_out[None], np.maximum(tza, tzb))
-        t_hit = np.where((t_near <= t_far) & (t_far > 0), t_near, np.inf)
-        best = np.argmin(t_hit, axis=2)  # (H,W)
-        t_obj = np.take_along_axis(t_hit, best[..., None], 2)[..., 0]
-        obj = idx[np.take_along_axis(np.broadcast_to(sel[None], t_hit.shape), best[..., None], 2)[..., 0]]
-        side = np.take_along_axis(np.broadcast_to(cand_t_in[None], t_hit.shape), best[..., None], 2)[..., 0] >= t_obj
-        col_face_x = np.take_along_axis(face_x, sel, 1)  # (W,k)
-        fx = np.take_along_axis(np.broadcast_to(col_face_x[None], t_hit.shape), best[..., None], 2)[..., 0]
+        # per pixel: vertical slab, one candidate layer at a time (H*W-wide ops; no reductions over a short axis)
+        inv_dz = self._inv_dz[:, :, 0]  # (H,1); dz per row = -yc because the camera is upright
+        t_obj = np.full((h, w), np.inf, np.float32)
+        best = np.zeros((h, w), np.int32)
+        for j in range(k):
+            tza, tzb = cand_z0[None, :, j] * inv_dz, cand_z1[None, :, j] * inv_dz  # (H,W)
+            t_near = np.maximum(cand_t_in[None, :, j], np.minimum(tza, tzb))
+            t_far = np.minimum(cand_t_out[None, :, j], np.maximum(tza, tzb))
+            better = (t_near <= t_far) & (t_far > 0) & (t_near < t_obj)
+            t_obj = np.where(better, t_near, t_obj)
+            best[better] = j
+        cols = self._col_grid
+        obj = idx[sel[cols, best]]
+        side = cand_t_in[cols, best] >= t_obj
+        fx = np.take_along_axis(face_x, sel, 1)[cols, best]
 
         t_ground = np.where(self._yc > 1e-6, cam[2] / np.maximum(self._yc, 1e-6), np.inf).astype(np.float32)  # (H,)
         t_ground = np.broadcast_to(t_ground[:, None], (h, w))
@@ -200,71 +232,86 @@ class Renderer:
         depth = np.where(ground, t_ground, t_obj).astype(np.float32)
         depth[depth > MAX_RANGE_M * 1.5] = np.inf
         return {"depth": depth, "ground": ground & np.isfinite(depth), "obj": obj, "side": side, "face_x": fx,
-                "dxy": dxy, "dz": dz[:, 0, 0]}
+                "dxy": dxy, "dz": -self._yc}
 
     # ------------------------------------------------------------------ shading
     def _shade(self, cam: np.ndarray, rot: np.ndarray, scene: dict[str, np.ndarray], hit: dict[str, np.ndarray],
                cond: Condition, stamp: float) -> RenderOutput:
         h, w = self.image_size
         depth = hit["depth"]
-        sky = ~np.isfinite(depth)
-        ground = hit["ground"]
-        objm = ~sky & ~ground
+        flat_depth = depth.ravel()
+        sky = ~np.isfinite(flat_depth)
+        ground = hit["ground"].ravel()
+        si, gi, oi = np.flatnonzero(sky), np.flatnonzero(ground), np.flatnonzero(~sky & ~ground)
         dxy, dz = hit["dxy"], hit["dz"]
-        tt = np.where(sky, 0.0, depth)
-        px = cam[0] + tt * dxy[None, :, 0]
-        py = cam[1] + tt * dxy[None, :, 1]
-        pz = cam[2] + tt * dz[:, None]
-
-        labels = np.zeros((h, w), np.uint8)
-        albedo = np.zeros((h, w, 3), np.float32)
-        normal_z = np.zeros((h, w), np.float32)  # 1 for horizontal surfaces
-        nx = np.zeros((h, w), np.float32)
-        ny = np.zeros((h, w), np.float32)
-        emissive = np.zeros((h, w, 3), np.float32)
+        cx, cy, cz = (float(v) for v in cam)  # python floats keep the float32 arithmetic below in float32
+        labels = np.zeros(h * w, np.uint8)
+        rgb = np.empty((h * w, 3), np.float32)
         night = _night_factor(cond)
 
-        labels[sky] = LABELS["sky"]
-        if ground.any():
-            lab, alb = self._ground(px[ground], py[ground])
-            labels[ground], albedo[ground], normal_z[ground] = lab, alb, 1.0
-        if objm.any():
-            obj = hit["obj"][objm]
-            side = hit["side"][objm]
-            fxm = hit["face_x"][objm]
-            cols = np.broadcast_to(np.arange(w)[None, :], (h, w))[objm]
-            sdx, sdy = dxy[cols, 0], dxy[cols, 1]
-            nxv = np.where(side & fxm, -np.sign(sdx), 0.0)
-            nyv = np.where(side & ~fxm, -np.sign(sdy), 0.0)
-            nx[objm], ny[objm], normal_z[objm] = nxv, nyv, np.where(side, 0.0, 1.0)
-            lab, alb, emi = self._objects(scene, obj, side, fxm, sdx, sdy, px[objm], py[objm], pz[objm], night, cond.season)
-            labels[objm], albedo[objm], emissive[objm] = lab, alb, emi
-
-        light = _lighting(cond, nx, ny, normal_z)  # (H,W,3)
-        rgb = albedo * light + emissive
-        if night > 0:  # headlight / street-light falloff: near things stay visible at night
-            rgb += albedo * (night * 0.55 * np.exp(-np.where(sky, 1e3, depth) / 18.0))[..., None]
-        rgb[sky] = self._sky(rot, cond, stamp)[sky]
-        rgb = _weather(rgb, depth, sky, cond, stamp, self.image_size)
+        labels[si] = LABELS["sky"]
+        rgb[si] = self._sky(rot, cond, stamp, si // w, si % w)
+        if len(gi):
+            t, col = flat_depth[gi], gi % w
+            lab, alb = self._ground(cx + t * dxy[col, 0], cy + t * dxy[col, 1],
+                                    t * self._inv_f * np.sqrt(np.maximum(t / np.float32(cz), 1.0)))
+            labels[gi] = lab
+            light = _lighting(cond, np.zeros(1, np.float32), np.zeros(1, np.float32), np.ones(1, np.float32))
+            rgb[gi] = alb * light + self._night_light(alb, t, night)
+        if len(oi):
+            t, col, row = flat_depth[oi], oi % w, oi // w
+            flat = {k: hit[k].ravel()[oi] for k in ("obj", "side", "face_x")}
+            side, fxm = flat["side"], flat["face_x"]
+            sdx, sdy = dxy[col, 0], dxy[col, 1]
+            nxv = np.where(side & fxm, -np.sign(sdx), 0.0).astype(np.float32)
+            nyv = np.where(side & ~fxm, -np.sign(sdy), 0.0).astype(np.float32)
+            # pixel footprint on the surface: range / f, stretched by the obliqueness of walls
+            dnorm = np.sqrt(sdx * sdx + sdy * sdy)
+            cos = np.where(side, np.abs(np.where(fxm, sdx, sdy)) / dnorm, 1.0)
+            footprint = t * dnorm * self._inv_f / np.sqrt(np.maximum(cos, 0.0625))
+            lab, alb, emi = self._objects(scene, flat["obj"], side, fxm, sdx, sdy, cx + t * sdx, cy + t * sdy,
+                                          cz + t * dz[row], night, cond.season, footprint)
+            labels[oi] = lab
+            rgb[oi] = alb * _lighting(cond, nxv, nyv, (~side).astype(np.float32)) + emi + self._night_light(alb, t, night)
+        rgb = _weather(rgb.reshape(h, w, 3), depth, sky.reshape(h, w), cond, stamp, self.image_size)
         out = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return RenderOutput(rgb=out, depth=depth, labels=labels)
+        return RenderOutput(rgb=out, depth=depth, labels=labels.reshape(h, w))
 
-    def _ground(self, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _night_light(alb: np.ndarray, t: np.ndarray, night: float) -> np.ndarray | float:
+        """Headlight / street-light falloff: near things stay visible at night."""
+        if night <= 0:
+            return 0.0
+        return alb * (night * 0.55 * np.exp(-t / 18.0))[:, None]
+
+    def _mip(self, u: np.ndarray, v: np.ndarray, cell: float, footprint: np.ndarray, off_u, off_v) -> np.ndarray:
+        """Noise of cell size ``cell`` metres at surface coordinates (u, v), box-filtered to the pixel
+        footprint (metres): distant texture is averaged like a mip-mapped texture, so its look does not
+        depend on the sampling grid, and two views of one surface agree."""
+        level = np.clip(np.ceil(np.log2(np.maximum(footprint * np.float32(1.0 / cell), 1.0))), 0, self._mip_levels)
+        level = level.astype(np.int32)
+        side = NOISE_SIZE >> level
+        scale = np.float32(1.0 / cell) / (1 << level).astype(np.float32)
+        iu = (np.floor(u * scale).astype(np.int32) + (np.asarray(off_u) >> level)) & (side - 1)
+        iv = (np.floor(v * scale).astype(np.int32) + (np.asarray(off_v) >> level)) & (side - 1)
+        return self._mip_flat[self._mip_offsets[level] + iu * side + iv]
+
+    def _ground(self, px: np.ndarray, py: np.ndarray, footprint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cfg, noise = self.town.cfg, self.town.noise
         pitch, half = cfg.pitch_m, cfg.road_width_m / 2.0
         mx, my = np.mod(px, pitch), np.mod(py, pitch)
         dxr, dyr = np.minimum(mx, pitch - mx), np.minimum(my, pitch - my)  # distance to nearest road centre line
         on_road = (dxr < half) | (dyr < half)
-        n = noise[_cell(px, 0.25, 11), _cell(py, 0.25, 97)]
-        n2 = noise[_cell(px, 1.7, 301), _cell(py, 1.7, 5)]
+        n = self._mip(px, py, 0.25, footprint, 11, 97)
+        n2 = self._mip(px, py, 1.7, footprint, 301, 5)
         lab = np.where(on_road, LABELS["road"], LABELS["sidewalk"]).astype(np.uint8)
-        asphalt = 0.26 + 0.12 * n + 0.06 * n2
+        asphalt = 0.27 + 0.04 * n + 0.06 * n2  # low contrast: asphalt gives few stable corners
         # dashed centre lines (not inside intersections), and stop lines at the kerb
         dash = (np.mod(px + py, 6.0) < 3.0)
         centre = ((dxr < 0.12) & (dyr > half)) | ((dyr < 0.12) & (dxr > half))
         lane = ((np.abs(dxr - 3.0) < 0.08) & (dyr > half) | (np.abs(dyr - 3.0) < 0.08) & (dxr > half)) & dash
         tiles = (np.mod(px, 0.8) < 0.06) | (np.mod(py, 0.8) < 0.06)
-        paving = np.where(tiles, 0.42, 0.55 + 0.15 * n)
+        paving = np.where(tiles, 0.45, 0.55 + 0.06 * n)
         kerb = on_road & ((np.abs(dxr - half) < 0.25) | (np.abs(dyr - half) < 0.25))
         val = np.where(on_road, asphalt, paving)
         alb = np.repeat(val[:, None], 3, 1).astype(np.float32)
@@ -276,9 +323,9 @@ class Renderer:
 
     def _objects(self, scene: dict[str, np.ndarray], obj: np.ndarray, side: np.ndarray, face_x: np.ndarray,
                  dx: np.ndarray, dy: np.ndarray, px: np.ndarray, py: np.ndarray, pz: np.ndarray,
-                 night: float, season: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 night: float, season: str, footprint: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         noise = self.town.noise
-        cls, ref, boxes = scene["cls"][obj], scene["ref"][obj], scene["boxes"][obj]
+        cls, ref, boxes = scene["cls"][obj], scene["ref"][obj], scene["boxes"][obj].astype(np.float32)
         lab = cls.copy()
         alb = np.empty((len(obj), 3), np.float32)
         emi = np.zeros((len(obj), 3), np.float32)
@@ -288,13 +335,13 @@ class Renderer:
 
         b = cls == LABELS["building"]
         if b.any():
-            la, al, em = self._facade(ref[b], side[b], face_x[b], dx[b], dy[b], s_wall[b], pz[b], py[b], night)
+            la, al, em = self._facade(ref[b], side[b], face_x[b], dx[b], dy[b], s_wall[b], pz[b], footprint[b], night)
             lab[b], alb[b], emi[b] = la, al, em
         v = cls == LABELS["vegetation"]
         if v.any():
             _, base = _CANOPY[season]
-            n = noise[_cell(s_wall[v], 0.22, 3 + ref[v]), _cell(pz[v], 0.22, 7)]
-            n2 = noise[_cell(s_wall[v], 0.6, 50), _cell(pz[v], 0.6, 9 + ref[v])]
+            n = self._mip(s_wall[v], pz[v], 0.22, footprint[v], 3 + ref[v], 7)
+            n2 = self._mip(s_wall[v], pz[v], 0.6, footprint[v], 50, 9 + ref[v])
             alb[v] = np.asarray(base, np.float32) * (0.45 + 0.7 * n + 0.35 * n2)[:, None]
             if season == "winter":  # bare crowns: see-through look with dark branches
                 alb[v] = np.where((n > 0.55)[:, None], alb[v], np.float32(0.22))
@@ -325,89 +372,122 @@ class Renderer:
         return lab, alb, emi
 
     def _facade(self, bidx: np.ndarray, side: np.ndarray, face_x: np.ndarray, dx: np.ndarray, dy: np.ndarray,
-                s: np.ndarray, z: np.ndarray, py: np.ndarray, night: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                s: np.ndarray, z: np.ndarray, footprint: np.ndarray, night: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t, st, noise = self.town, self.town.styles, self.town.noise
         sid = t.building_style[bidx]
         bay, floor = st.bay_m[sid], st.floor_m[sid]
-        fu, fv = np.mod(s, bay) / bay, np.mod(z, floor) / floor
-        ww, wh = st.win_w[sid] / 2, st.win_h[sid] / 2
+        inv_bay, inv_floor = 1.0 / bay, 1.0 / floor
+        su, zv = s * inv_bay, z * inv_floor
+        win_u, win_v = np.floor(su), np.floor(zv)
+        fu, fv = su - win_u, zv - win_v
+        ww, wh = st.win_w[sid] * 0.5, st.win_h[sid] * 0.5
         du, dv = np.abs(fu - 0.5), np.abs(fv - 0.45)
-        window = (du < ww) & (dv < wh) & (z > 1.2) & side
-        frame = (du < ww + 0.12 / bay) & (dv < wh + 0.12 / floor) & ~window & (z > 1.2) & side
+        upper = (z > 1.2) & side
+        window = (du < ww) & (dv < wh) & upper
+        frame = (du < ww + 0.12 * inv_bay) & (dv < wh + 0.12 * inv_floor) & upper
         off = st.noise_offset[sid]
-        n = noise[np.mod(np.floor(s / t.cfg.texture_cell_m).astype(np.int64) + off[:, 0], NOISE_SIZE),
-                  np.mod(np.floor(z / t.cfg.texture_cell_m).astype(np.int64) + off[:, 1], NOISE_SIZE)]
-        n_coarse = noise[_cell(s, 1.1, off[:, 1]), _cell(z, 0.9, off[:, 0])]
+        n = self._mip(s, z, t.cfg.texture_cell_m, footprint, off[:, 0], off[:, 1])
+        n_coarse = self._mip(s, z, 1.0, footprint, off[:, 1], off[:, 0])
         mat = st.material[sid]
-        mortar = np.zeros(len(s), bool)
-        course = np.floor(z / 0.3)
-        mortar |= (mat == 1) & ((np.mod(z, 0.3) < 0.05) | (np.mod(s + 0.3 * np.mod(course, 2), 0.6) < 0.05))
-        mortar |= (mat == 2) & ((np.mod(s, 1.4) < 0.07) | (np.mod(z, 1.0) < 0.07))
-        mortar |= (mat == 3) & (np.mod(z, floor) < 0.35)
-        amp = st.noise_amp[sid]
-        wall = st.base_rgb[sid] * (1.0 + amp * (n - 0.5) + 0.25 * (n_coarse - 0.5))[:, None]
-        wall = np.where(mortar[:, None], st.trim_rgb[sid] * (0.8 + 0.4 * n)[:, None], wall)
+        zm3 = np.mod(z, np.float32(0.3))
+        mortar = (mat == 1) & ((zm3 < 0.05) | (np.mod(s + np.where(np.mod(z, 0.6) < 0.3, 0.0, 0.3), 0.6) < 0.05))
+        mortar |= (mat == 2) & ((np.mod(s, np.float32(1.4)) < 0.07) | (np.mod(z, np.float32(1.0)) < 0.07))
+        mortar |= (mat == 3) & (fv * floor < 0.35)
         # glass: per-window reflections/curtains so neighbouring windows differ (a feature, not a copy)
-        win_id_u = np.floor(s / bay).astype(np.int64)
-        win_id_v = np.floor(z / floor).astype(np.int64)
-        wn = noise[np.mod(win_id_u * 7 + off[:, 0] + bidx * 13, NOISE_SIZE), np.mod(win_id_v * 11 + off[:, 1], NOISE_SIZE)]
-        glass = st.glass_rgb[sid] * (0.6 + 0.9 * wn)[:, None] * (0.8 + 0.4 * n)[:, None]
-        curtain = (wn > 0.7) & (fv > 0.45)
-        glass = np.where(curtain[:, None], np.float32(0.75) * st.trim_rgb[sid] + 0.2, glass)
-        alb = np.where(window[:, None], glass, np.where(frame[:, None], st.trim_rgb[sid], wall))
-        alb = np.where(side[:, None], alb, np.float32(0.3))  # roofs
+        wn = noise[(win_u.astype(np.int32) * 7 + off[:, 0] + bidx * 13) & (NOISE_SIZE - 1),
+                   (win_v.astype(np.int32) * 11 + off[:, 1]) & (NOISE_SIZE - 1)]
+        curtain = window & (wn > 0.7) & (fv > 0.45)
+        # material code -> palette row; brightness factor per code
+        code = np.where(mortar, 1, 0)
+        factor = np.where(mortar, 0.8 + 0.4 * n, 1.0 + st.noise_amp[sid] * (n - 0.5) + 0.25 * (n_coarse - 0.5))
+        code = np.where(frame, 2, code)
+        factor = np.where(frame, 1.0, factor)
+        code = np.where(window, np.where(curtain, 4, 3), code)
+        factor = np.where(window & ~curtain, (0.6 + 0.9 * wn) * (0.8 + 0.4 * n), factor)
+        code = np.where(side, code, 5)
+        alb = self._palette[sid, code] * factor.astype(np.float32)[:, None]
         lab = np.full(len(s), LABELS["building"], np.uint8)
         emi = np.zeros_like(alb)
         if night > 0:
             lit = window & (wn > 0.55)
             emi[lit] = np.array([1.0, 0.82, 0.5], np.float32) * (0.6 * night)
-        # signs: face ids 0:-x 1:+x 2:-y 3:+y (the side the ray enters from)
-        face = np.where(face_x, np.where(dx > 0, 0, 1), np.where(dy > 0, 2, 3))
-        table = self._signs[bidx]  # (n, SLOTS, 9)
-        for k in range(_SIGN_SLOTS):
-            row = table[:, k]
-            m = side & (row[:, 0] == face) & (s >= row[:, 1]) & (s <= row[:, 2]) & (z >= row[:, 3]) & (z <= row[:, 4])
-            if not m.any():
-                continue
-            gs, gz = s[m] - row[m, 1], z[m] - row[m, 3]
-            glyph = noise[_cell(gs, 0.2, row[m, 8].astype(np.int64)), _cell(gz, 0.2, 17)] > 0.55
-            border = (gs < 0.1) | (gz < 0.1) | (row[m, 2] - s[m] < 0.1) | (row[m, 4] - z[m] < 0.1)
-            txt = glyph & (gz > 0.2) & (row[m, 4] - z[m] > 0.2)
-            col = np.where(txt[:, None], np.float32(0.95), row[m, 5:8])
-            alb[m] = np.where(border[:, None], np.float32(0.1), col)
-            lab[m] = LABELS["sign"]
-            if night > 0:
-                emi[m] = alb[m] * 0.7 * night
+        self._draw_signs(bidx, side, face_x, dx, dy, s, z, night, alb, lab, emi)
         return lab, alb, emi
 
-    def _sky(self, rot: np.ndarray, cond: Condition, stamp: float) -> np.ndarray:
-        h, w = self.image_size
-        elev = np.arctan(-self._yc)  # (H,) upright camera: elevation depends on the row only
+    def _draw_signs(self, bidx: np.ndarray, side: np.ndarray, face_x: np.ndarray, dx: np.ndarray, dy: np.ndarray,
+                    s: np.ndarray, z: np.ndarray, night: float, alb: np.ndarray, lab: np.ndarray, emi: np.ndarray) -> None:
+        """Shop signs (in place). Face ids 0:-x 1:+x 2:-y 3:+y, the side the ray enters from."""
+        cand = np.flatnonzero(side & (z >= self._sign_z_range[0]) & (z <= self._sign_z_range[1]))
+        if len(cand) == 0:
+            return
+        noise = self.town.noise
+        sc, zc = s[cand], z[cand]
+        face = np.where(face_x[cand], np.where(dx[cand] > 0, 0, 1), np.where(dy[cand] > 0, 2, 3))
+        table = self._signs[bidx[cand]]  # (n, SLOTS, 9)
+        for k in range(_SIGN_SLOTS):
+            row = table[:, k]
+            m = (row[:, 0] == face) & (sc >= row[:, 1]) & (sc <= row[:, 2]) & (zc >= row[:, 3]) & (zc <= row[:, 4])
+            if not m.any():
+                continue
+            gs, gz = sc[m] - row[m, 1], zc[m] - row[m, 3]
+            glyph = noise[_cell(gs, 0.2, row[m, 8].astype(np.int32)), _cell(gz, 0.2, 17)] > 0.55
+            border = (gs < 0.1) | (gz < 0.1) | (row[m, 2] - sc[m] < 0.1) | (row[m, 4] - zc[m] < 0.1)
+            txt = glyph & (gz > 0.2) & (row[m, 4] - zc[m] > 0.2)
+            col = np.where(txt[:, None], np.float32(0.95), row[m, 5:8])
+            where = cand[m]
+            alb[where] = np.where(border[:, None], np.float32(0.1), col)
+            lab[where] = LABELS["sign"]
+            if night > 0:
+                emi[where] = alb[where] * 0.7 * night
+
+    def _sky(self, rot: np.ndarray, cond: Condition, stamp: float, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """(n,3) float32 sky colour for pixels (rows, cols): gradient + clouds on a plane 800 m up."""
+        elev_rows = np.arctan(-self._yc)  # (H,) upright camera: elevation depends on the row only
+        zen, hor = _sky_colours(cond)
+        g = np.clip(elev_rows / 0.8, 0, 1)[:, None]
+        base = (hor * (1 - g) + zen * g).astype(np.float32)[rows]
+        if cond.cloud_cover <= 0 or len(rows) == 0:
+            return base
         fwd, right = rot[:2, 2], rot[:2, 0]
         dirs = self._xc[:, None] * right[None] + fwd[None]
-        az = np.arctan2(dirs[:, 1], dirs[:, 0])  # (W,)
-        zen, hor = _sky_colours(cond)
-        g = np.clip(elev / 0.8, 0, 1)[:, None, None]
-        base = hor * (1 - g) + zen * g  # (H,1,3)
-        base = np.broadcast_to(base, (h, w, 3)).copy()
-        if cond.cloud_cover > 0:
-            # clouds on a plane 800 m up, drifting with the wind: positions depend on direction and stamp only
-            tan_e = np.maximum(np.tan(np.maximum(elev, 0.02)), 0.02)[:, None]
-            rng_c = 800.0 / tan_e
-            cxw = rng_c * np.cos(az)[None] + 4.0 * stamp + cond.clutter_seed % 997 * 50.0
-            cyw = rng_c * np.sin(az)[None] + cond.clutter_seed % 991 * 50.0
-            noise = self.town.noise
-            c = (noise[_cell(cxw, 90.0, 0), _cell(cyw, 90.0, 200)] * 0.6
-                 + noise[_cell(cxw, 35.0, 400), _cell(cyw, 35.0, 100)] * 0.4)
-            cover = np.clip((c - (1.0 - cond.cloud_cover)) * 4.0, 0, 1)[..., None]
-            cloud_col = np.array([0.92, 0.92, 0.95], np.float32) * _sun_level(cond) + 0.1
-            base = base * (1 - cover) + cloud_col * cover
-        return base.astype(np.float32)
+        dirs = (dirs / np.linalg.norm(dirs, axis=1, keepdims=True)).astype(np.float32)  # (W,2)
+        tan_e = np.maximum(-self._yc[rows] / np.hypot(self._xc[cols], 1.0), 0.02)
+        rng_c = 800.0 / tan_e
+        cxw = rng_c * dirs[cols, 0] + float(4.0 * stamp % 1e5 + cond.clutter_seed % 997 * 50.0)
+        cyw = rng_c * dirs[cols, 1] + float(cond.clutter_seed % 991 * 50.0)
+        noise = self.town.noise
+        # bilinear lookups: soft cloud edges, not blocky corners that would attract keypoints
+        c = _bilinear(noise, cxw / 120.0, cyw / 120.0 + 200) * 0.65 + _bilinear(noise, cxw / 45.0 + 400, cyw / 45.0) * 0.35
+        cover = np.clip((c - (1.0 - cond.cloud_cover) * 0.8 - 0.1) * 3.0, 0, 1)[:, None]
+        cloud_col = np.array([0.92, 0.92, 0.95], np.float32) * _sun_level(cond) * _sun_colour(cond) + 0.06
+        return base * (1 - cover) + cloud_col * cover
+
+
+def _noise_pyramid(noise: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Box-filtered mip levels of the noise texture, flattened into one array (level L has side N >> L)."""
+    levels = [noise.astype(np.float32)]
+    while levels[-1].shape[0] > 8:
+        a = levels[-1]
+        levels.append(0.25 * (a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]))
+    offsets = np.cumsum([0] + [lv.size for lv in levels[:-1]]).astype(np.int64)
+    return np.concatenate([lv.ravel() for lv in levels]), offsets, len(levels) - 1
+
+
+def _bilinear(tex: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Bilinear lookup in a wrapping square texture at continuous cell coordinates (u, v)."""
+    mask = tex.shape[0] - 1
+    u0, v0 = np.floor(u), np.floor(v)
+    fu, fv = (u - u0).astype(np.float32), (v - v0).astype(np.float32)
+    i0, j0 = u0.astype(np.int32) & mask, v0.astype(np.int32) & mask
+    i1, j1 = (i0 + 1) & mask, (j0 + 1) & mask
+    top = tex[i0, j0] * (1 - fv) + tex[i0, j1] * fv
+    bottom = tex[i1, j0] * (1 - fv) + tex[i1, j1] * fv
+    return top * (1 - fu) + bottom * fu
 
 
 def _cell(v: np.ndarray, size: float, offset) -> np.ndarray:
     """Index into the town noise texture of cell ``floor(v / size) + offset`` (wraps around)."""
-    return np.mod(np.floor(v / size).astype(np.int64) + offset, NOISE_SIZE)
+    return (np.floor(v * np.float32(1.0 / size)).astype(np.int32) + offset) & (NOISE_SIZE - 1)
 
 
 def _night_factor(cond: Condition) -> float:
@@ -415,7 +495,10 @@ def _night_factor(cond: Condition) -> float:
 
 
 def _sun_level(cond: Condition) -> float:
-    return float(np.clip(math.sin(math.radians(max(cond.sun_elevation_deg, 0.0))) * 1.6 + 0.08, 0.08, 1.0))
+    """Overall daylight level in [0.08, 1]: twilight ramps up over -10..0 deg, full day above ~30 deg."""
+    e = cond.sun_elevation_deg
+    twilight = 0.22 * float(np.clip((e + 10.0) / 10.0, 0.0, 1.0))
+    return float(np.clip(0.08 + twilight + 1.4 * math.sin(math.radians(max(e, 0.0))), 0.08, 1.0))
 
 
 def _sun_colour(cond: Condition) -> np.ndarray:
@@ -439,7 +522,7 @@ def _sky_colours(cond: Condition) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _lighting(cond: Condition, nx: np.ndarray, ny: np.ndarray, nz: np.ndarray) -> np.ndarray:
-    """(H,W,3) irradiance: ambient + Lambertian sun; overcast and rain flatten it."""
+    """(n,3) float32 irradiance for normals (n,): ambient + Lambertian sun; overcast and rain flatten it."""
     e = math.radians(max(cond.sun_elevation_deg, 0.0))
     a = cond.sun_azimuth_rad
     sun = np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)], np.float32)
@@ -448,7 +531,7 @@ def _lighting(cond: Condition, nx: np.ndarray, ny: np.ndarray, nz: np.ndarray) -
     lam = np.maximum(nx * sun[0] + ny * sun[1] + nz * sun[2], 0.0)
     night = _night_factor(cond)
     amb_col = np.array([0.85, 0.9, 1.0], np.float32) * (1 - night) + np.array([0.25, 0.27, 0.4], np.float32) * night
-    return (ambient * 0.8 * amb_col)[None, None] * (1.0 - 0.7 * night) + (direct * 0.7 * lam)[..., None] * _sun_colour(cond)
+    return (ambient * 0.8 * (1.0 - 0.7 * night)) * amb_col + (direct * 0.7 * lam)[..., None] * _sun_colour(cond)
 
 
 def _weather(rgb: np.ndarray, depth: np.ndarray, sky: np.ndarray, cond: Condition, stamp: float,
@@ -456,7 +539,7 @@ def _weather(rgb: np.ndarray, depth: np.ndarray, sky: np.ndarray, cond: Conditio
     h, w = size
     if cond.fog > 0:
         fog_col = np.array([0.7, 0.72, 0.75], np.float32) * _sun_level(cond) * (1 - 0.8 * _night_factor(cond)) + 0.02
-        dist = np.where(sky, 1e4, depth)
+        dist = np.where(sky, 40.0, depth)  # the sky is veiled like a surface 40 m away: haze, not a white-out
         f = (1.0 - np.exp(-0.06 * cond.fog * dist))[..., None].astype(np.float32)
         rgb = rgb * (1 - f) + fog_col * f
     if cond.rain > 0:

@@ -1,0 +1,241 @@
+"""Drive a clino_vpr node over real DDS: start it as a process, feed it, listen to it.
+
+Used by the node tests (test/test_ros_node.py), ``clino-vpr bench node`` and anyone who wants to
+replay generated sessions into a running node without ros2 CLI tools. The node runs exactly as
+on a robot: ``python -m clino_vpr_ros.ros.node --ros-args --params-file F -p ... -r ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from nav_msgs.msg import Odometry
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
+
+from clino_vpr_ros.ros import conversions, messages
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_PARAMS = REPO / "config" / "clino_vpr.yaml"
+
+
+def fresh_domain_id() -> int:
+    """A DDS domain for one run (1..200), so concurrent test runs on one host do not see each other."""
+    return random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_param_text(v) for v in value) + "]"
+    return str(value)
+
+
+class NodeProcess:
+    """The clino_vpr node in its own process; output goes to ``log_path``."""
+
+    def __init__(self, domain_id: int, log_path: Path, params: dict[str, Any] | None = None,
+                 remaps: dict[str, str] | None = None, params_file: Path = DEFAULT_PARAMS,
+                 namespace: str = "") -> None:
+        cmd = [sys.executable, "-m", "clino_vpr_ros.ros.node", "--ros-args", "--params-file", str(params_file)]
+        for k, v in (params or {}).items():
+            cmd += ["-p", f"{k}:={_param_text(v)}"]
+        for k, v in (remaps or {}).items():
+            cmd += ["-r", f"{k}:={v}"]
+        if namespace:
+            cmd += ["-r", f"__ns:={namespace}"]
+        env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
+        """Send ``sig`` and wait for the exit code (killed after ``timeout`` seconds)."""
+        if self.alive():
+            self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        return code
+
+    def log_text(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class Received:
+    """Everything the client heard from the node (appended by the spin thread)."""
+
+    lio: list[tuple[float, list[float]]] = field(default_factory=list)  # (receive time.monotonic, data)
+    closures: list[tuple[float, Odometry]] = field(default_factory=list)
+    markers: list[MarkerArray] = field(default_factory=list)
+    diagnostics: list[dict[str, str]] = field(default_factory=list)
+    masks: list[tuple[float, Image]] = field(default_factory=list)
+
+
+class NodeClient:
+    """Publishes camera / odometry into a node and records its outputs, in this process.
+
+    Topic names are the node's defaults under ``namespace`` unless remapped by the caller's
+    ``image_topic``. All publishers are reliable (what a camera driver's default QoS is).
+    """
+
+    def __init__(self, domain_id: int, namespace: str = "", image_topic: str = "image", depth: int = 5) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node("clino_vpr_test_client", namespace=namespace or "/", context=self.context)
+        reliable = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        self.pub_image = self.node.create_publisher(Image, image_topic, reliable)
+        self.pub_compressed = self.node.create_publisher(CompressedImage, image_topic + "/compressed", reliable)
+        self.pub_info = self.node.create_publisher(CameraInfo, "camera_info", reliable)
+        self.pub_odom = self.node.create_publisher(Odometry, "odom", QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+        self.received = Received()
+        self._lock = threading.Lock()
+        n = self.node
+        n.create_subscription(Float64MultiArray, "loop_closure_detection", self._on_lio, 100)
+        n.create_subscription(Odometry, "loop_closures", self._on_closure, 100)
+        n.create_subscription(MarkerArray, "loop_closure_markers", self._on_markers, QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        n.create_subscription(Image, "gate_mask", self._on_mask, 2)
+        self._executor = SingleThreadedExecutor(context=self.context)
+        self._executor.add_node(self.node)
+        self._spin = threading.Thread(target=self._executor.spin, daemon=True)
+        self._spin.start()
+
+    # -- recording
+    def _on_lio(self, msg: Float64MultiArray) -> None:
+        with self._lock:
+            self.received.lio.append((time.monotonic(), list(msg.data)))
+
+    def _on_closure(self, msg: Odometry) -> None:
+        with self._lock:
+            self.received.closures.append((time.monotonic(), msg))
+
+    def _on_markers(self, msg: MarkerArray) -> None:
+        with self._lock:
+            self.received.markers.append(msg)
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        values = messages.diagnostics_values(msg)
+        if values:
+            with self._lock:
+                self.received.diagnostics.append(values)
+
+    def _on_mask(self, msg: Image) -> None:
+        with self._lock:
+            self.received.masks.append((time.monotonic(), msg))
+
+    def last_diagnostics(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self.received.diagnostics[-1]) if self.received.diagnostics else {}
+
+    def counter(self, key: str) -> int:
+        return int(float(self.last_diagnostics().get(key, "0")))
+
+    # -- waiting
+    def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str, node: NodeProcess | None = None) -> None:
+        """Poll ``predicate`` until true; TimeoutError naming ``what`` (with the node's log tail)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if node is not None and not node.alive():
+                raise RuntimeError(f"node exited ({node.proc.returncode}) while waiting for {what}:\n{node.log_text()[-3000:]}")
+            time.sleep(0.02)
+        tail = node.log_text()[-3000:] if node is not None else ""
+        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}; last diagnostics "
+                           f"{self.last_diagnostics()}\n{tail}")
+
+    def wait_for_node(self, node: NodeProcess, timeout: float = 60.0, compressed: bool = False) -> None:
+        """Until the node's image subscription matched ours and its diagnostics arrive (it is spinning)."""
+        pub = self.pub_compressed if compressed else self.pub_image
+        self.wait_until(lambda: pub.get_subscription_count() > 0 and bool(self.last_diagnostics()), timeout,
+                        "the node's image subscription and diagnostics", node)
+
+    def handled(self) -> int:
+        """Frames the node has finished with (processed, rejected as bad, failed or dropped)."""
+        d = self.last_diagnostics()
+        keys = ("frames_processed", "frames_rejected", "processing_errors", "frames_dropped")
+        return sum(int(float(d.get(k, "0"))) for k in keys)
+
+    # -- publishing
+    def publish_camera_info(self, K: np.ndarray, size_hw: tuple[int, int], frame_id: str = "camera") -> None:
+        msg = CameraInfo()
+        msg.header.frame_id = frame_id
+        msg.height, msg.width = int(size_hw[0]), int(size_hw[1])
+        msg.k = [float(v) for v in np.asarray(K, dtype=np.float64).ravel()]
+        msg.distortion_model = "plumb_bob"
+        msg.d = [0.0] * 5
+        P = np.zeros((3, 4))
+        P[:3, :3] = K
+        msg.p = [float(v) for v in P.ravel()]
+        msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        self.pub_info.publish(msg)
+
+    def publish_odom(self, stamp: float, odom_T_base: np.ndarray) -> None:
+        msg = Odometry()
+        msg.header.stamp = conversions.sec_to_stamp(stamp)
+        msg.header.frame_id, msg.child_frame_id = "odom", "base_link"
+        conversions.matrix_to_pose(odom_T_base, msg.pose.pose)
+        self.pub_odom.publish(msg)
+
+    def publish_image(self, stamp: float, image: np.ndarray, encoding: str = "bgr8", frame_id: str = "camera") -> None:
+        self.pub_image.publish(conversions.numpy_to_image(image, encoding, conversions.sec_to_stamp(stamp), frame_id))
+
+    def publish_raw(self, msg: Image | CompressedImage) -> None:
+        (self.pub_compressed if isinstance(msg, CompressedImage) else self.pub_image).publish(msg)
+
+    def call(self, service: str, timeout: float = 30.0) -> Trigger.Response:
+        """Call a std_srvs/Trigger service of the node (e.g. ``/clino_vpr/save_map``)."""
+        client = self.node.create_client(Trigger, service)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f"service {service} not available after {timeout} s")
+            future = client.call_async(Trigger.Request())
+            deadline = time.monotonic() + timeout
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not future.done():
+                raise TimeoutError(f"service {service} did not answer in {timeout} s")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def close(self) -> None:
+        self._executor.shutdown()
+        self._spin.join(timeout=5.0)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)

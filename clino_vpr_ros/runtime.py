@@ -1,0 +1,328 @@
+"""Torch-free gated encoder for the robot: onnxruntime with TensorRT -> CUDA -> CPU.
+
+Usage::
+
+    enc = RuntimeEncoder("models/clino_vpr_tiny.onnx")
+    out = enc.encode([frame_bgr], encoding="bgr8")   # out.descriptors (1, D), out.masks (1, 1, h, w)
+
+Images go through :func:`clino_vpr_ros.preprocess.to_model_input` (the shared resize policy); the
+ONNX graph casts and normalises. TensorRT engines are cached (engine + timing cache) in
+``<model>.trt_cache/`` next to the model by default, so a restart does not rebuild the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+
+from clino_vpr_ros.preprocess import to_model_batch
+
+LOG = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("descriptor", "gate_mask")
+#: bumped when the ONNX interface (names, layout, metadata keys) changes
+ONNX_SCHEMA_VERSION = 1
+ONNX_FORMAT = "clino_vpr_ros.gated_encoder"
+
+#: onnxruntime's own exception types (Fail, InvalidProtobuf, InvalidGraph, ...; not RuntimeError subclasses)
+_ORT_ERRORS: tuple[type[BaseException], ...] = (RuntimeError,) + tuple(
+    v for v in vars(_ort_state).values() if isinstance(v, type) and issubclass(v, Exception)
+)
+
+#: short provider names -> onnxruntime names, in default preference order
+PROVIDERS: dict[str, str] = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What an exported model says about itself (ONNX ``metadata_props``).
+
+    input_size: (height, width) of the NHWC uint8 RGB input. descriptor_dim: D.
+    mask_size: (h, w) of the gate mask. preset: model preset name. fingerprint: weights fingerprint
+    of the PyTorch model it was exported from. fp16: fp16 towers.
+    """
+
+    input_size: tuple[int, int]
+    descriptor_dim: int
+    mask_size: tuple[int, int]
+    preset: str
+    fingerprint: str
+    fp16: bool
+    package_version: str = ""
+    config_json: str = field(default="", repr=False)
+
+    def to_props(self) -> dict[str, str]:
+        """ONNX metadata_props (string -> string)."""
+        return {
+            "format": ONNX_FORMAT,
+            "schema_version": str(ONNX_SCHEMA_VERSION),
+            "input_name": INPUT_NAME,
+            "input_layout": "NHWC",
+            "input_dtype": "uint8",
+            "channel_order": "RGB",
+            "input_size": f"{self.input_size[0]}x{self.input_size[1]}",
+            "descriptor_dim": str(self.descriptor_dim),
+            "mask_size": f"{self.mask_size[0]}x{self.mask_size[1]}",
+            "preset": self.preset,
+            "weights_fingerprint": self.fingerprint,
+            "precision": "fp16" if self.fp16 else "fp32",
+            "package_version": self.package_version,
+            "model_config": self.config_json,
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMetadata:
+        """Parse metadata_props; ValueError naming what is missing or unsupported."""
+        if props.get("format") != ONNX_FORMAT:
+            raise ValueError(
+                f"{source} has no clino_vpr_ros metadata (format {props.get('format')!r}, expected "
+                f"{ONNX_FORMAT!r}); export it with `clino-vpr export`"
+            )
+        if props.get("schema_version") != str(ONNX_SCHEMA_VERSION):
+            raise ValueError(
+                f"{source} has ONNX schema version {props.get('schema_version')!r}; this package reads "
+                f"{ONNX_SCHEMA_VERSION}: re-export it with this package version"
+            )
+        fixed = {"input_layout": "NHWC", "input_dtype": "uint8", "channel_order": "RGB", "input_name": INPUT_NAME}
+        for key, want in fixed.items():
+            if props.get(key) != want:
+                raise ValueError(f"{source}: metadata {key}={props.get(key)!r}, expected {want!r}")
+        try:
+            return cls(
+                input_size=_parse_size(props["input_size"]),
+                descriptor_dim=int(props["descriptor_dim"]),
+                mask_size=_parse_size(props["mask_size"]),
+                preset=props["preset"],
+                fingerprint=props["weights_fingerprint"],
+                fp16=props["precision"] == "fp16",
+                package_version=props.get("package_version", ""),
+                config_json=props.get("model_config", ""),
+            )
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{source} has incomplete or malformed clino_vpr_ros metadata: {exc!r}") from exc
+
+    @property
+    def config(self) -> dict:
+        """The full ModelConfig as a dict (empty if the model does not carry it)."""
+        return json.loads(self.config_json) if self.config_json else {}
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """descriptors float32 (N,D) L2-normalised, C-contiguous; masks float32 (N,1,h,w) in [0,1]."""
+
+    descriptors: np.ndarray
+    masks: np.ndarray
+
+
+def select_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """onnxruntime provider names to use, best first, always ending with CPU.
+
+    Args:
+        requested: short names ("tensorrt", "cuda", "cpu") in preference order; None = all that
+            this onnxruntime build offers, in the order TensorRT -> CUDA -> CPU.
+    Raises:
+        ValueError: unknown name, or a requested provider this onnxruntime build does not offer.
+    """
+    available = set(ort.get_available_providers())
+    if requested is None:
+        chosen = [full for full in PROVIDERS.values() if full in available]
+    else:
+        chosen = []
+        for name in requested:
+            if name not in PROVIDERS:
+                raise ValueError(f"unknown execution provider {name!r}; valid: {', '.join(PROVIDERS)}")
+            if PROVIDERS[name] not in available:
+                raise ValueError(
+                    f"execution provider {name!r} is not available in this onnxruntime build "
+                    f"(available: {sorted(available)}); install onnxruntime-gpu for cuda/tensorrt"
+                )
+            chosen.append(PROVIDERS[name])
+    if PROVIDERS["cpu"] not in chosen:
+        chosen.append(PROVIDERS["cpu"])
+    return chosen
+
+
+class RuntimeEncoder:
+    """Encode camera images with an exported gated encoder (no torch).
+
+    Args:
+        model_path: .onnx file written by ``clino-vpr export``.
+        providers: short names in preference order (see :func:`select_providers`); None = best available.
+        trt_cache_dir: TensorRT engine + timing cache folder; default ``<model>.trt_cache`` next to it.
+        batch_size: images per inference call; also the TensorRT optimisation-profile max batch.
+        expected_dim: if given, the model's descriptor dimension must equal it (e.g. the index's).
+    Raises:
+        FileNotFoundError: no model file. ValueError: no/other metadata, wrong dimension, bad options.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        providers: Sequence[str] | None = None,
+        trt_cache_dir: str | Path | None = None,
+        batch_size: int = 8,
+        expected_dim: int | None = None,
+    ) -> None:
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"ONNX model {str(self.model_path)!r} does not exist (export one with `clino-vpr export`)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.providers = select_providers(providers)
+        self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else self.model_path.with_name(self.model_path.name + ".trt_cache")
+        # metadata first: a foreign model fails before any (slow) TensorRT engine build
+        self.metadata = ModelMetadata.from_props(_read_props(self.model_path), source=str(self.model_path))
+        if expected_dim is not None and self.metadata.descriptor_dim != expected_dim:
+            raise ValueError(
+                f"{str(self.model_path)!r} produces {self.metadata.descriptor_dim}-d descriptors, expected {expected_dim}-d "
+                "(the index / session map was built with another model)"
+            )
+        self._session = self._open_session()
+        self._check_io()
+        LOG.info(
+            "runtime encoder %s: preset %s, %s, D=%d, providers %s",
+            self.model_path.name,
+            self.metadata.preset,
+            "fp16" if self.metadata.fp16 else "fp32",
+            self.metadata.descriptor_dim,
+            self.active_providers,
+        )
+
+    @property
+    def active_providers(self) -> list[str]:
+        """Providers the session actually uses (onnxruntime drops those that failed to load)."""
+        return list(self._session.get_providers())
+
+    def encode(self, images: Sequence[np.ndarray], encoding: str = "rgb8") -> EncoderOutput:
+        """Encode images of any size in ``encoding`` (see ``preprocess.SUPPORTED_ENCODINGS``).
+
+        Returns: EncoderOutput with descriptors float32 (N,D) and masks float32 (N,1,h,w).
+        Raises: ValueError for a wrong dtype/shape/encoding (from ``preprocess``).
+        """
+        h, w = self.metadata.mask_size
+        if len(images) == 0:
+            return EncoderOutput(
+                np.zeros((0, self.metadata.descriptor_dim), np.float32), np.zeros((0, 1, h, w), np.float32)
+            )
+        descs, masks = [], []
+        for start in range(0, len(images), self.batch_size):
+            batch = to_model_batch(list(images[start : start + self.batch_size]), self.metadata.input_size, encoding)
+            d, m = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+            descs.append(d)
+            masks.append(m)
+        return EncoderOutput(
+            np.ascontiguousarray(np.concatenate(descs), dtype=np.float32),
+            np.ascontiguousarray(np.concatenate(masks), dtype=np.float32),
+        )
+
+    def encode_one(self, image: np.ndarray, encoding: str = "rgb8") -> tuple[np.ndarray, np.ndarray]:
+        """One image -> (descriptor float32 (D,), mask float32 (1,h,w))."""
+        out = self.encode([image], encoding)
+        return out.descriptors[0], out.masks[0]
+
+    def check_parity_against_cpu(self, min_cosine: float | None = None) -> float:
+        """Compare the active providers (e.g. a TensorRT engine) with onnxruntime CPU on test images.
+
+        An engine build can silently lose accuracy (fp16 overflow); call this once after start-up
+        when a GPU provider is active. Returns the minimum per-image cosine; raises ValueError if it
+        is below ``min_cosine`` (default 0.999 for fp16 models, 0.9999 for fp32).
+        """
+        threshold = min_cosine if min_cosine is not None else (0.999 if self.metadata.fp16 else 0.9999)
+        images = parity_images(self.metadata.input_size, n=min(4, self.batch_size))
+        cpu = ort.InferenceSession(str(self.model_path), providers=[PROVIDERS["cpu"]])
+        (ref,) = cpu.run([OUTPUT_NAMES[0]], {INPUT_NAME: images})
+        (got,) = self._session.run([OUTPUT_NAMES[0]], {INPUT_NAME: images})
+        ref, got = ref.astype(np.float64), got.astype(np.float64)
+        cos = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+        worst = float(cos.min())
+        if worst < threshold:
+            raise ValueError(
+                f"{self.active_providers[0]} output differs from onnxruntime CPU: min cosine {worst:.5f} < {threshold}; "
+                "rebuild the engine (delete the TensorRT cache) or use the fp32 model / the cpu provider"
+            )
+        LOG.info("provider parity vs CPU: min cosine %.6f", worst)
+        return worst
+
+    def _open_session(self) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        provider_options = [self._provider_options(p) for p in self.providers]
+        try:
+            return ort.InferenceSession(
+                str(self.model_path), sess_options=options, providers=self.providers, provider_options=provider_options
+            )
+        except _ORT_ERRORS as exc:
+            raise ValueError(f"{str(self.model_path)!r} could not be loaded with {self.providers}: {exc}") from exc
+
+    def _provider_options(self, provider: str) -> dict[str, str]:
+        if provider != PROVIDERS["tensorrt"]:
+            return {}
+        h, w = self.metadata.input_size
+        self.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+        shape = lambda b: f"{INPUT_NAME}:{b}x{h}x{w}x3"  # noqa: E731
+        return {
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(self.trt_cache_dir),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(self.trt_cache_dir),
+            # fp16 kernels only for an fp16-exported graph; LayerNorm stays fp32 either way
+            "trt_fp16_enable": str(self.metadata.fp16),
+            "trt_layer_norm_fp32_fallback": "True",
+            "trt_profile_min_shapes": shape(1),
+            "trt_profile_opt_shapes": shape(self.batch_size),
+            "trt_profile_max_shapes": shape(self.batch_size),
+        }
+
+    def _check_io(self) -> None:
+        inputs = self._session.get_inputs()
+        outputs = [o.name for o in self._session.get_outputs()]
+        if [i.name for i in inputs] != [INPUT_NAME] or inputs[0].type != "tensor(uint8)" or tuple(outputs) != OUTPUT_NAMES:
+            raise ValueError(
+                f"{str(self.model_path)!r} has inputs {[(i.name, i.type) for i in inputs]} and outputs {outputs}; "
+                f"expected {INPUT_NAME!r} uint8 -> {OUTPUT_NAMES}"
+            )
+
+
+def parity_images(image_size: tuple[int, int], n: int = 4, seed: int = 0) -> np.ndarray:
+    """Deterministic uint8 (n,H,W,3) RGB test images (gradients, noise, blocks) for parity checks."""
+    rng = np.random.default_rng(seed)
+    h, w = image_size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    images = []
+    for i in range(n):
+        f = rng.uniform(0.02, 0.2, size=3)
+        base = np.stack([np.sin(xx * f[0] + i), np.cos(yy * f[1] - i), np.sin((xx + yy) * f[2])], axis=-1)
+        img = 127.5 + 90.0 * base + rng.normal(0, 20, size=(h, w, 3))
+        img[(xx // 16 + yy // 16 + i) % 5 == 0] = rng.uniform(0, 255, size=3)  # blocks: edges for the ViT
+        images.append(np.clip(img, 0, 255).astype(np.uint8))
+    return np.stack(images)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    h, w = text.split("x")
+    return int(h), int(w)
+
+
+def _read_props(model_path: Path) -> dict[str, str]:
+    """metadata_props of an ONNX file, via a CPU session that only parses it (no engine build)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(model_path), sess_options=options, providers=[PROVIDERS["cpu"]])
+    except _ORT_ERRORS as exc:
+        raise ValueError(f"{str(model_path)!r} is not a loadable ONNX model (corrupt?): {exc}") from exc
+    return dict(session.get_modelmeta().custom_metadata_map)
