@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("clino_vpr_ros.bench", "benchmarks: encoder, index, node"),
     "merge": ("clino_vpr_ros.merge", "align and merge session maps with a robust pose graph"),
     "bag": ("clino_vpr_ros.bag", "run the loop-closure pipeline over a ROS 2 bag"),
-    "demo": ("clino_vpr_ros.demo", "two-session loop-closure demo over real DDS"),
+    "demo": ("clino_vpr_ros.ros.demo", "two-session loop-closure demo over real DDS"),
 }
 
 

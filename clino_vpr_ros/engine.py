@@ -99,7 +99,10 @@ class LoopClosure:
 
     T_query_match: float64 (4,4) pose of the match base frame in the query base frame.
     covariance: float64 (6,6), order x, y, z, roll, pitch, yaw, query base frame.
-    query_pose/match_pose: float64 (4,4) odometry poses of the two keyframes, or None.
+    query_pose/match_pose: float64 (4,4) poses of the two keyframes in their own map's frame (the
+    session's odometry frame; the merged frame for a keyframe of a merged map), or None.
+    verified False (only with ``publish_unverified``): T_query_match is identity and the covariance
+    1e6 * I, i.e. "same place, relative pose unknown".
     """
 
     query_stamp: float
@@ -126,6 +129,10 @@ class LoopClosure:
         out = asdict(self)
         for key in ("T_query_match", "covariance", "query_pose", "match_pose"):
             out[key] = None if out[key] is None else np.asarray(out[key]).tolist()
+        for keys, cast in ((("query_stamp", "match_stamp", "score"), float), (("query_id", "match_id", "inliers"), int),
+                           (("verified", "metric"), bool), (("query_session", "match_session"), str)):
+            for key in keys:
+                out[key] = cast(out[key])
         return out
 
     @classmethod

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import torch
 from torch import nn
 
@@ -151,7 +152,8 @@ def _write_with_metadata(raw: Path, out: Path, metadata: ModelMetadata) -> None:
         prop.key, prop.value = key, value
     proto.producer_name = "clino_vpr_ros"
     proto.producer_version = __version__
-    external = proto.ByteSize() > _EXTERNAL_DATA_BYTES
+    # ByteSize() itself fails above 2 GiB: count the tensor bytes instead
+    external = _weight_bytes(proto) > _EXTERNAL_DATA_BYTES
     onnx.save_model(
         proto,
         str(out),
@@ -161,6 +163,13 @@ def _write_with_metadata(raw: Path, out: Path, metadata: ModelMetadata) -> None:
     )
     shutil.rmtree(raw.parent)
     onnx.checker.check_model(str(out))
+
+
+def _weight_bytes(proto: onnx.ModelProto) -> int:
+    tensors = list(proto.graph.initializer) + [
+        a.t for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+    ]
+    return sum(len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes for t in tensors)
 
 
 def check_parity(reference: GatedEncoder, onnx_path: Path, fp16: bool) -> dict[str, float]:

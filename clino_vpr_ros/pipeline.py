@@ -57,7 +57,7 @@ class LoopClosurePipeline:
         """Load the ONNX encoder and the prior maps (refused when built by another model)."""
         from clino_vpr_ros.runtime import RuntimeEncoder
 
-        encoder = RuntimeEncoder(model_path, providers=providers) if providers is not None else RuntimeEncoder(model_path)
+        encoder = RuntimeEncoder(model_path, providers=providers)
         engine = LoopClosureEngine(engine_cfg, int(encoder.metadata.descriptor_dim), encoder.metadata.fingerprint,
                                    session_id, base_T_camera)
         for path in prior_maps:

@@ -28,7 +28,6 @@ the previous map intact (a stale ``.<name>.tmp-<pid>`` file may remain and is ig
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -293,10 +292,3 @@ class SessionMapBuilder:
             feature_descriptors=np.concatenate([f.descriptors for f in present]) if present else np.zeros((0, width), np.uint8),
             keypoint_depths=np.concatenate([f.depths for f in present]) if present else np.zeros(0, np.float32),
         )
-
-
-def map_bytes(smap: SessionMap) -> bytes:
-    """The serialised map (for tests and size estimates)."""
-    buf = io.BytesIO()
-    np.savez(buf, **{name: getattr(smap, name) for name in _ARRAYS})
-    return buf.getvalue()

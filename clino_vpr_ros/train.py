@@ -277,18 +277,73 @@ def _better(recall: dict[str, float] | None, best: dict[str, float] | None) -> b
     return key(recall) > key(best)
 
 
+@dataclass
+class _Progress:
+    """Mutable run state carried across epochs and stored in ``train_state.pt``."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    iter_losses: list[float] = dataclasses.field(default_factory=list)
+    best: dict[str, Any] | None = None
+
+
+@dataclass
+class _Optim:
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) and return the best checkpoint and the per-epoch history."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     device = _resolve_device(cfg.device)
     data = GSVCities(cfg.data, cities=cfg.cities, img_per_place=cfg.img_per_place)
     val = read_downloader_set(cfg.val) if cfg.val is not None else None
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model, model_cfg = _build_model(cfg)
     model.to(device)
     image_size = tuple(model_cfg.image_size)
+    opt = _make_optim(cfg, model, device)
+    loss_fn, miner = _loss_and_miner()
+    logger.info("model %s (gate %s): %.2fM trainable parameters; %d places; device %s", model_cfg.preset,
+                model_cfg.gate.use_gate, sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+                len(data), device)
+    prog = _load_progress(out / STATE_FILE, cfg, model, opt) if cfg.resume else _Progress()
+    if val is not None and not prog.history:
+        recall = _validate(model, val, cfg, image_size)
+        prog.history.append({"epoch": 0, "step": 0, "loss": None, "lr": cfg.lr, "recall": recall, "seconds": 0.0})
+        logger.info("before training: %s", _fmt_recall(recall))
+    for epoch in range(prog.epoch + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        # re-seeding per epoch makes dropout identical whether or not the run was resumed
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        batches = epoch_batches(len(data), cfg.batch_places, cfg.iters_per_epoch, cfg.seed, epoch)
+        loader = torch.utils.data.DataLoader(
+            _PlaceBatches(data, batches, image_size, cfg.seed, epoch, cfg.augment),
+            batch_size=None, shuffle=False, num_workers=cfg.workers, pin_memory=device.type == "cuda",
+        )
+        losses = _train_epoch(model, loader, opt, loss_fn, miner, device, f"epoch {epoch}/{cfg.epochs}", cfg.progress)
+        seconds = time.perf_counter() - t0
+        recall = _validate(model, val, cfg, image_size) if val is not None else None
+        prog.epoch, prog.step = epoch, prog.step + len(losses)
+        prog.iter_losses += losses
+        prog.history.append({"epoch": epoch, "step": prog.step, "loss": float(np.mean(losses)),
+                             "lr": opt.scheduler.get_last_lr()[0], "recall": recall, "seconds": seconds,
+                             "it_per_s": len(losses) / seconds})
+        _save_epoch(out, cfg, model, opt, prog)
+        logger.info("epoch %d: loss %.4f, %.2f it/s, %s", epoch, prog.history[-1]["loss"],
+                    prog.history[-1]["it_per_s"], _fmt_recall(recall) if recall else "no validation set")
+    if prog.best is None:
+        raise ValueError(f"{out} holds no finished epoch (epochs={cfg.epochs})")
+    return TrainResult(out / BEST_FILE, out / LAST_FILE, out / METRICS_FILE, out / CURVES_FILE, tuple(prog.history))
+
+
+def _make_optim(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> _Optim:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"preset {cfg.preset} has no trainable parameter")
@@ -300,74 +355,50 @@ def train(cfg: TrainConfig) -> TrainResult:
     if amp_dtype is not None and device.type != "cuda":
         logger.warning("mixed precision %s needs CUDA; training in float32 on %s", cfg.amp, device)
         amp_dtype = None
+    # fp16 needs loss scaling against gradient underflow; bf16 has float32's exponent range
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
-    loss_fn, miner = _loss_and_miner()
-    logger.info("model %s (gate %s): %.2fM trainable parameters; %d places; device %s", model_cfg.preset,
-                model_cfg.gate.use_gate, sum(p.numel() for p in params) / 1e6, len(data), device)
-
-    history: list[dict[str, Any]] = []
-    iter_losses: list[float] = []
-    best: dict[str, Any] | None = None
-    start_epoch, step = 1, 0
-    state_path = out / STATE_FILE
-    if cfg.resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        _check_resumable(state, cfg)
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        if unexpected or set(missing) - _frozen_names(model):
-            raise ValueError(f"{state_path} does not match the model (missing {missing}, unexpected {unexpected})")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        history, iter_losses, best = list(state["history"]), list(state["iter_losses"]), state["best"]
-        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
-        logger.info("resuming %s after epoch %d (step %d)", out, start_epoch - 1, step)
-    elif cfg.resume:
-        logger.warning("--resume: no %s in %s, starting from scratch", STATE_FILE, out)
-
-    if val is not None and not history:
-        recall = _validate(model, val, cfg, image_size)
-        history.append({"epoch": 0, "step": 0, "loss": None, "lr": cfg.lr, "recall": recall, "seconds": 0.0})
-        logger.info("before training: %s", _fmt_recall(recall))
-
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        # re-seeding per epoch makes dropout identical whether or not the run was resumed
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        batches = epoch_batches(len(data), cfg.batch_places, cfg.iters_per_epoch, cfg.seed, epoch)
-        loader = torch.utils.data.DataLoader(
-            _PlaceBatches(data, batches, image_size, cfg.seed, epoch, cfg.augment),
-            batch_size=None, shuffle=False, num_workers=cfg.workers, pin_memory=device.type == "cuda",
-        )
-        losses = _train_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, miner, device, amp_dtype,
-                              f"epoch {epoch}/{cfg.epochs}", cfg.progress)
-        step += len(losses)
-        iter_losses += losses
-        seconds = time.perf_counter() - t0
-        recall = _validate(model, val, cfg, image_size) if val is not None else None
-        entry = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
-                 "recall": recall, "seconds": seconds, "it_per_s": len(losses) / seconds}
-        history.append(entry)
-        extra = {"epoch": epoch, "step": step, "recall": recall, "train_config": cfg.to_dict()}
-        _save_checkpoint(out / LAST_FILE, model, extra)
-        if _better(recall, best["recall"] if best else None):
-            best = {"epoch": epoch, "recall": recall}
-            _save_checkpoint(out / BEST_FILE, model, extra)
-        _atomic_torch_save({
-            "schema_version": SCHEMA_VERSION, "config": cfg.to_dict(), "epoch": epoch, "step": step,
-            "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "history": history, "iter_losses": iter_losses, "best": best,
-        }, state_path)
-        _write_reports(out, cfg, history, iter_losses, best)
-        logger.info("epoch %d: loss %.4f, %.2f it/s, %s", epoch, entry["loss"], entry["it_per_s"],
-                    _fmt_recall(recall) if recall else "no validation set")
-    if best is None:
-        raise ValueError(f"{out} already holds {cfg.epochs} finished epochs and no best checkpoint")
-    return TrainResult(out / BEST_FILE, out / LAST_FILE, out / METRICS_FILE, out / CURVES_FILE, tuple(history))
+    return _Optim(optimizer, scheduler, scaler, amp_dtype)
 
 
-def _train_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, miner, device, amp_dtype, desc, progress):
+def _load_progress(path: Path, cfg: TrainConfig, model: torch.nn.Module, opt: _Optim) -> _Progress:
+    """Restore model, optimizer, scheduler and scaler from ``train_state.pt``; fresh progress if absent."""
+    if not path.is_file():
+        logger.warning("--resume: no %s, starting from scratch", path)
+        return _Progress()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    _check_resumable(state, cfg)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if unexpected or set(missing) - _frozen_names(model):
+        raise ValueError(f"{path} does not match the model (missing {missing}, unexpected {unexpected})")
+    opt.optimizer.load_state_dict(state["optimizer"])
+    opt.scheduler.load_state_dict(state["scheduler"])
+    opt.scaler.load_state_dict(state["scaler"])
+    prog = _Progress(int(state["epoch"]), int(state["step"]), list(state["history"]), list(state["iter_losses"]),
+                     state["best"])
+    logger.info("resuming %s after epoch %d (step %d)", path.parent, prog.epoch, prog.step)
+    return prog
+
+
+def _save_epoch(out: Path, cfg: TrainConfig, model: torch.nn.Module, opt: _Optim, prog: _Progress) -> None:
+    """last/best checkpoints, the resumable state, metrics.json and curves.png after one epoch."""
+    recall = prog.history[-1]["recall"]
+    extra = {"epoch": prog.epoch, "step": prog.step, "recall": recall, "train_config": cfg.to_dict()}
+    _save_checkpoint(out / LAST_FILE, model, extra)
+    if _better(recall, prog.best["recall"] if prog.best else None):
+        prog.best = {"epoch": prog.epoch, "recall": recall}
+        _save_checkpoint(out / BEST_FILE, model, extra)
+    _atomic_torch_save({
+        "schema_version": SCHEMA_VERSION, "config": cfg.to_dict(), "epoch": prog.epoch, "step": prog.step,
+        "model": _trainable_state(model), "optimizer": opt.optimizer.state_dict(),
+        "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(),
+        "history": prog.history, "iter_losses": prog.iter_losses, "best": prog.best,
+    }, out / STATE_FILE)
+    _write_reports(out, cfg, prog.history, prog.iter_losses, prog.best)
+
+
+def _train_epoch(model: torch.nn.Module, loader, opt: _Optim, loss_fn, miner, device: torch.device, desc: str,
+                 progress: bool) -> list[float]:
+    """One pass over ``loader``; returns the loss of every iteration."""
     from tqdm import tqdm
 
     model.train()
@@ -375,18 +406,18 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, miner, de
     bar = tqdm(loader, desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
     for images, labels in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(device.type, dtype=opt.amp_dtype or torch.float32, enabled=opt.amp_dtype is not None):
             desc_, _ = model(images)
         desc_ = desc_.float()  # the loss exponentiates similarities x 50: keep it in float32
         pairs = miner(desc_, labels)
         loss = loss_fn(desc_, labels, pairs)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        opt.optimizer.zero_grad(set_to_none=True)
+        opt.scaler.scale(loss).backward()
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+        opt.scheduler.step()
         losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{opt.scheduler.get_last_lr()[0]:.2e}")
     if not losses:
         raise ValueError("the epoch had no batch: fewer places than batch_places?")
     return losses

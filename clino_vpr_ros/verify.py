@@ -295,6 +295,13 @@ def _verify_essential(q: LocalFeatures, Kq: np.ndarray, m: LocalFeatures, Km: np
     E, mask = cv2.findEssentialMat(xm, xq, np.eye(3), method=ESTIMATORS[cfg.estimator], prob=cfg.confidence, threshold=cfg.ransac_threshold_px / focal)
     if E is None or E.shape != (3, 3):
         return _rejected(len(pairs), 0, "essential", "essential matrix estimation failed")
+    # the robust estimator picks the inliers; on near-planar, short-baseline views its best minimal
+    # model can still be a few degrees off, so E is re-estimated on the inliers (LMedS: no threshold)
+    inl0 = mask.ravel() > 0
+    if inl0.sum() >= 8:
+        E_ref, _ = cv2.findEssentialMat(xm[inl0], xq[inl0], np.eye(3), method=cv2.LMEDS, prob=cfg.confidence)
+        if E_ref is not None and E_ref.shape == (3, 3):
+            E = E_ref
     n_pose, R, t, mask = cv2.recoverPose(E, xm, xq, np.eye(3), mask=mask.copy())
     inl = mask.ravel() > 0
     # Sampson distance of the inliers, converted to pixels

@@ -8,6 +8,7 @@ Each test module run uses its own DDS domain so concurrent runs on one host do n
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import cv2
@@ -121,6 +122,30 @@ def test_large_frames_arrive_bad_messages_are_skipped_and_the_node_keeps_going(d
         client.wait_until(lambda: client.counter("frames_processed") == 5, 30, "a good frame after bad ones", node)
         d = client.last_diagnostics()
         assert d["frames_received"] == "9" and d["frames_dropped"] == "0" and d["processing_errors"] == "0"
+
+        # run-time parameters go through validation; the gate mask can be switched on live
+        refused, accepted = client.set_parameters({"sync_tolerance_s": 50.0, "publish_gate_mask": True})
+        assert not refused.successful and "out of range" in refused.reason and accepted.successful
+        client.publish_image(30.0, rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), "bgr8")
+        client.wait_until(lambda: len(client.received.masks) == 1, 30, "a gate mask", node)
+        mask = client.received.masks[0][1]
+        assert mask.encoding == "mono8" and mask.header.stamp.sec == 30 and mask.height * mask.width > 0
+
+        # a burst faster than inference: the queue keeps the newest frame, drops are counted, none pile up
+        burst = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(3)]
+        received0 = client.counter("frames_received")
+        for k in range(30):
+            client.publish_image(100.0 + k, burst[k % 3], "bgr8")
+            time.sleep(0.005)
+        client.wait_until(lambda: client.counter("frames_received") >= received0 + 15, 30, "the burst to arrive", node)
+        time.sleep(1.0)  # DDS may drop from the publisher's KEEP_LAST history in a burst: count what arrived
+        client.wait_until(lambda: client.handled() == client.counter("frames_received"), 30, "the burst to drain", node)
+        assert client.counter("frames_dropped") > 0 and node.alive()
+
+        assert client.counter("engine_keyframes") >= 1
+        reply = client.call("/clino_vpr/reset")
+        assert reply.success
+        client.wait_until(lambda: client.counter("engine_keyframes") == 0, 10, "the reset to show", node)
         log = node.log_text()
         for reason in ("unsupported image encoding 'yuv_weird'", "size 640x0 invalid", "step 1000 < width",
                        "data has 921593 bytes"):

@@ -104,10 +104,16 @@ def test_gsv_dataset_names_parse_back(tmp_path: Path) -> None:
         assert len(views) == 4
         spread = max(np.linalg.norm(a - b) for a in views for b in views)
         assert spread < 8.0  # one place: +-3 m along, +-1.5 m lateral jitter
+        for x, y in views:  # every view stands on a road (within the 12 m carriageway of a grid line)
+            assert min(_road_offset(x), _road_offset(y)) <= 6.0
     centres = np.array([np.mean(v, axis=0) for v in by_place.values()])
     gaps = np.linalg.norm(centres[:, None] - centres[None], axis=2) + np.eye(len(centres)) * 1e9
     assert gaps.min() > 5.0  # distinct places
     assert json.loads((root / "synth_gsv.json").read_text())["schema_version"] == 1
+
+
+def _road_offset(v: float, pitch: float = 42.0) -> float:
+    return abs(v - round(v / pitch) * pitch)
 
 
 def test_downloader_sets_geometry(tmp_path: Path) -> None:
@@ -121,6 +127,8 @@ def test_downloader_sets_geometry(tmp_path: Path) -> None:
         pos_q = {p.name.split("@")[7][1:]: np.array(parse_downloader_name(p.name)) for p in qs}
         for key, q in pos_q.items():
             assert np.linalg.norm(q - pos_db[key]) < 10.0  # a positive within 10 m
+            x, y = utm_to_town(901, *q)
+            assert min(_road_offset(x), _road_offset(y)) <= 6.0
         pts = np.array(list(pos_db.values()))
         d = np.linalg.norm(pts[:, None] - pts[None], axis=2)[np.triu_indices(len(pts), 1)]
         assert np.mean(d > 25.0) > 0.9  # database places are mostly > 25 m apart

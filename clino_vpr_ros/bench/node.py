@@ -37,14 +37,22 @@ def _rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def _frames(size_hw: tuple[int, int], n: int, seed: int, condition: str = "day"):
-    from clino_vpr_ros.synth import CONDITIONS, SessionConfig, generate_session, generate_town
+def _frames(size_hw: tuple[int, int], n: int, seed: int, shift_m: float = 0.0):
+    """A generated drive: (session, BGR frames, odom poses), optionally driven ``shift_m`` further right."""
+    from clino_vpr_ros.synth import CONDITIONS, SessionConfig, generate_session, generate_town, pose2d
 
     town = generate_town(seed)
-    cfg = SessionConfig(n_frames=n, rate_hz=2.0, image_size=size_hw, start_time_s=1000.0)
-    session = generate_session(town, f"bench{seed}", seed, CONDITIONS[condition], cfg)
-    images = [cv2.cvtColor(session.render(i).rgb, cv2.COLOR_RGB2BGR) for i in tqdm(range(n), desc=f"render {n} frames")]
-    return session, images
+    # a route must lap its block; only the first n frames are rendered
+    cfg = SessionConfig(n_frames=max(n, 128), rate_hz=2.0, image_size=size_hw, start_time_s=1000.0)
+    session = generate_session(town, f"bench{seed}", seed, CONDITIONS["day"], cfg)
+    right = pose2d(0.0, -shift_m, 0.0)
+    images, odom = [], []
+    for i in tqdm(range(n), desc=f"render {n} frames {size_hw[1]}x{size_hw[0]}"):
+        world_T_camera = session.frames[i].world_T_base @ right @ session.base_T_camera
+        rgb = session.renderer.render(world_T_camera, session.condition, session.frames[i].stamp).rgb
+        images.append(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        odom.append(session.frames[i].odom_T_base @ right)
+    return session, images, odom
 
 
 class _Bench:
@@ -70,34 +78,53 @@ class _Bench:
         node.stop(signal.SIGINT)
 
 
-def _latency(bench: _Bench, session, images, results: dict) -> None:
-    """Session replayed twice: the second run (against the saved first) yields closures."""
-    n = len(images)
+def _latency(bench: _Bench, size_hw: tuple[int, int], n: int, results: dict) -> None:
+    """A drive mapped on day 1, driven again 1 m further right on day 2 against day 1's map:
+    day 2 closes loops at a steady pace, so closure latency is measured on many frames."""
+    session, day1, odom1 = _frames(size_hw, n, seed=11)
+    _, day2, odom2 = _frames(size_hw, n, seed=11, shift_m=1.0)
     node, client = bench.start("lat_a")
-    for i in tqdm(range(n), desc="latency: first session"):
-        _publish(client, session, images, i, 0.0)
-        client.wait_until(lambda: client.handled() >= i + 1, 60, f"frame {i}", node)
-    client.call("/clino_vpr/save_map")
-    bench.stop(node, client)
+    try:
+        for i in tqdm(range(n), desc="latency: day 1"):
+            _publish(client, session, day1[i], odom1[i], session.frames[i].stamp)
+            client.wait_until(lambda: client.handled() >= i + 1, 60, f"frame {i}", node)
+        client.call("/clino_vpr/save_map")
+    finally:
+        bench.stop(node, client)
 
     node, client = bench.start("lat_b", prior_maps=[str(bench.workdir / "lat_a.npz")], publish_gate_mask=True)
     sent: dict[float, float] = {}  # stamp -> publish time (time.monotonic)
-    encode = []
-    for i in tqdm(range(n), desc="latency: second session"):
-        n_masks = len(client.received.masks)
-        sent[round(session.frames[i].stamp + 86400.0, 6)] = _publish(client, session, images, i, 86400.0)
-        client.wait_until(lambda: client.handled() >= i + 1 and len(client.received.masks) > n_masks, 60,
-                          f"frame {i} and its gate mask", node)
-        encode.append(float(client.last_diagnostics().get("encode_ms_mean", "nan")))
-    mask_lat = _latencies(client.received.masks, sent)
-    closure_lat = _latencies(client.received.closures, sent)
-    bench.stop(node, client)
-    enc = float(np.median([e for e in encode if e > 0])) if any(e > 0 for e in encode) else float("nan")
-    results["latency publish->gate_mask (ms, median / p95)"] = _pct(mask_lat)
-    results["latency publish->loop_closures (ms, median / p95)"] = _pct(closure_lat) + f" ({len(closure_lat)} closures)"
-    results["encoder time in node (ms, median)"] = f"{enc:.1f}"
+    encode, pipeline = [], []
+    try:
+        for i in tqdm(range(n), desc="latency: day 2"):
+            n_masks = len(client.received.masks)
+            stamp = session.frames[i].stamp + 86400.0
+            sent[round(stamp, 6)] = _publish(client, session, day2[i], odom2[i], stamp)
+            client.wait_until(lambda: client.handled() >= i + 1 and len(client.received.masks) > n_masks, 60,
+                              f"frame {i} and its gate mask", node)
+            d = client.last_diagnostics()
+            encode.append(float(d.get("encode_ms_mean", "nan")))
+            pipeline.append(float(d.get("pipeline_ms_mean", "nan")))
+        mask_lat = _latencies(client.received.masks, sent)
+        closure_lat = _latencies(client.received.closures, sent)
+    finally:
+        bench.stop(node, client)
+    enc, pipe = _positive_median(encode), _positive_median(pipeline)
+    label = f"{size_hw[1]}x{size_hw[0]}"
+    results[f"latency publish->gate_mask, {label} (ms, median / p95)"] = _pct(mask_lat)
+    results[f"latency publish->loop_closures, {label} (ms, median / p95)"] = (
+        _pct(closure_lat) + f" ({len(closure_lat)} closures)")
+    results["encoder time in the node (ms, median)"] = f"{enc:.1f}"
+    results["pipeline time in the node: encoder + engine (ms, median)"] = f"{pipe:.1f}"
     if mask_lat:
         results["node overhead = latency - encoder (ms, median)"] = f"{np.median(mask_lat) - enc:.1f}"
+        results["adapter + DDS = latency - pipeline (ms, median)"] = f"{np.median(mask_lat) - pipe:.1f}"
+
+
+def _positive_median(values: list[float]) -> float:
+    """Median of the diagnostics windows that held a sample (a window without frames reports 0)."""
+    kept = [v for v in values if v > 0 and np.isfinite(v)]
+    return float(np.median(kept)) if kept else float("nan")
 
 
 def _latencies(received: list, sent: dict[float, float]) -> list[float]:
@@ -110,12 +137,12 @@ def _latencies(received: list, sent: dict[float, float]) -> list[float]:
     return out
 
 
-def _publish(client, session, images, i: int, offset: float, stamp: float | None = None) -> float:
-    stamp = session.frames[i].stamp + offset if stamp is None else stamp
+def _publish(client, session, image: np.ndarray, odom_T_base: np.ndarray, stamp: float) -> float:
+    """camera_info + odometry + image; returns the image's publish time (time.monotonic)."""
     client.publish_camera_info(session.K, session.image_size)
-    client.publish_odom(stamp, session.frames[i].odom_T_base)
+    client.publish_odom(stamp, odom_T_base)
     t = time.monotonic()
-    client.publish_image(stamp, images[i], "bgr8")
+    client.publish_image(stamp, image, "bgr8")
     return t
 
 
@@ -126,56 +153,54 @@ def _pct(values: list[float]) -> str:
 
 
 def _rate_run(bench: _Bench, images, rate_hz: float, duration_s: float, stamp_step: float, name: str) -> dict:
-    """Publish at ``rate_hz`` for ``duration_s``; returns received / processed / dropped."""
+    """Publish at ``rate_hz`` for ``duration_s``: sent / received (DDS) / processed / dropped (node queue)."""
     node, client = bench.start(name, use_odom=False, use_camera_info=False, engine_preset="no_odometry")
-    n = int(rate_hz * duration_s)
-    t0 = time.monotonic()
-    for k in range(n):
-        target = t0 + k / rate_hz
-        while time.monotonic() < target:
-            time.sleep(min(0.001, max(0.0, target - time.monotonic())))
-        client.publish_image(5000.0 + k * stamp_step, images[k % len(images)], "bgr8")
-    client.wait_until(lambda: client.counter("frames_received") >= n and client.handled() >= client.counter("frames_received"),
-                      60, "the node to drain", node)
-    time.sleep(0.3)
-    d = client.last_diagnostics()
-    out = {"sent": n, "received": client.counter("frames_received"), "processed": client.counter("frames_processed"),
-           "dropped": client.counter("frames_dropped"), "rss": _rss_mib(node.pid),
-           "achieved_hz": n / max(time.monotonic() - t0, 1e-9), "latency_max": float(d.get("latency_ms_max", "nan"))}
-    bench.stop(node, client)
-    return out
+    try:
+        n = int(rate_hz * duration_s)
+        t0 = time.monotonic()
+        for k in range(n):
+            target = t0 + k / rate_hz
+            while time.monotonic() < target:
+                time.sleep(min(0.001, max(0.0, target - time.monotonic())))
+            client.publish_image(5000.0 + k * stamp_step, images[k % len(images)], "bgr8")
+        achieved = n / max(time.monotonic() - t0, 1e-9)
+        client.wait_drained(node)
+        time.sleep(0.2)
+        d = client.last_diagnostics()
+        return {"sent": n, "received": client.counter("frames_received"), "processed": client.counter("frames_processed"),
+                "dropped": client.counter("frames_dropped"), "rss": _rss_mib(node.pid), "achieved_hz": achieved,
+                "latency_max": float(d.get("latency_ms_max", "nan"))}
+    finally:
+        bench.stop(node, client)
 
 
-def _memory(bench: _Bench, session, images, n_frames: int, results: dict) -> None:
-    """Long sped-up replay: images cycled, odometry keeps advancing so every frame is a new keyframe."""
-    node, client = bench.start("mem", use_camera_info=True)
+def _memory(bench: _Bench, n_frames: int, results: dict) -> None:
+    """Long sped-up replay: 100 frames cycled while odometry keeps advancing, so every frame is a new keyframe."""
+    session, images, _ = _frames((240, 320), 100, seed=12)
+    node, client = bench.start("mem")
     samples = []
-    step = 3.5  # metres per frame along x: every frame is a keyframe (min_distance_m 1 m)
-    for k in tqdm(range(n_frames), desc="memory: long replay"):
-        i = k % len(images)
-        stamp = 10000.0 + k * 0.5
-        T = np.eye(4)
-        T[0, 3] = k * step
-        client.publish_camera_info(session.K, session.image_size)
-        client.publish_odom(stamp, T)
-        client.publish_image(stamp, images[i], "bgr8")
-        client.wait_until(lambda: client.handled() >= k + 1, 60, f"frame {k}", node)
-        if k % max(1, n_frames // 10) == 0 or k == n_frames - 1:
-            samples.append((k + 1, client.counter("engine_keyframes"), _rss_mib(node.pid)))
-    bench.stop(node, client)
-    (k0, kf0, r0), (k1, kf1, r1) = samples[1] if len(samples) > 1 else samples[0], samples[-1]
-    growth = (r1 - r0) / max(kf1 - kf0, 1) * 1000.0
-    results[f"RSS over {n_frames}-frame replay (MiB, first sample -> end)"] = f"{samples[0][2]:.0f} -> {r1:.0f}"
-    results["RSS growth per 1000 keyframes (MiB)"] = f"{growth:.1f} ({kf1} keyframes at the end)"
+    try:
+        for k in tqdm(range(n_frames), desc="memory: long replay"):
+            T = np.eye(4)
+            T[0, 3] = 3.5 * k  # metres: past min_distance_m, so every frame is a keyframe
+            _publish(client, session, images[k % len(images)], T, 10000.0 + 0.5 * k)
+            client.wait_until(lambda: client.handled() >= k + 1, 60, f"frame {k}", node)
+            if k % max(1, n_frames // 10) == 0 or k == n_frames - 1:
+                samples.append((client.counter("engine_keyframes"), _rss_mib(node.pid)))
+    finally:
+        bench.stop(node, client)
+    (kf0, r0), (kf1, r1) = samples[1] if len(samples) > 1 else samples[0], samples[-1]
+    results[f"RSS over a {n_frames}-frame replay (MiB: start, 10%, end)"] = f"{samples[0][1]:.0f}, {r0:.0f}, {r1:.0f}"
+    results["RSS growth per 1000 keyframes (MiB)"] = f"{(r1 - r0) / max(kf1 - kf0, 1) * 1000.0:.1f} ({kf1} keyframes at the end)"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="clino-vpr bench node", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=REPO / "models" / "clino-vpr-tiny.onnx", help="ONNX encoder")
     ap.add_argument("--latency-frames", type=int, default=60, help="frames per session of the latency run")
-    ap.add_argument("--rates", type=str, default="2,5,10,15,20,30", help="input rates (Hz) tried for the no-drop test")
+    ap.add_argument("--rates", type=str, default="1,2,3,5,10,20,30", help="input rates (Hz) tried for the no-drop test")
     ap.add_argument("--rate-seconds", type=float, default=4.0, help="seconds per rate")
-    ap.add_argument("--long-frames", type=int, default=1500, help="frames of the memory replay")
+    ap.add_argument("--long-frames", type=int, default=1000, help="frames of the memory replay")
     ap.add_argument("--workdir", type=Path, default=None, help="where logs and maps go (default: a temp dir)")
     args = ap.parse_args(argv)
     if not args.model.exists():
@@ -186,25 +211,24 @@ def main(argv: list[str] | None = None) -> int:
     bench = _Bench(args.model, workdir)
     results: dict[str, str] = {}
 
-    session, images = _frames((480, 640), args.latency_frames, seed=11)
-    _latency(bench, session, images, results)
+    _latency(bench, (480, 640), args.latency_frames, results)
+    _, images, _ = _frames((480, 640), 10, seed=13)
 
     rates = [float(r) for r in args.rates.split(",")]
     best = 0.0
     for rate in rates:
         r = _rate_run(bench, images, rate, args.rate_seconds, stamp_step=1.0, name=f"rate{int(rate)}")
-        results[f"worst case {rate:g} Hz: received / processed / dropped"] = (
-            f"{r['received']}/{r['sent']} / {r['processed']} / {r['dropped']}")
+        results[f"worst case {rate:g} Hz: received/sent, processed, dropped"] = (
+            f"{r['received']}/{r['sent']}, {r['processed']}, {r['dropped']}")
         if r["dropped"] == 0 and r["received"] == r["sent"]:
             best = max(best, rate)
     results["highest worst-case rate without drops (Hz, 640x480)"] = f"{best:g}"
     for label, step in (("real 30 Hz stamps", 1.0 / 30.0), ("worst case", 1.0)):
         r = _rate_run(bench, images, 30.0, 5.0, stamp_step=step, name="drop30")
-        results[f"30 Hz 640x480, {label}: recv / processed / dropped / max latency ms"] = (
-            f"{r['received']}/{r['sent']} / {r['processed']} / {r['dropped']} / {r['latency_max']:.0f}")
+        results[f"30 Hz 640x480, {label}: received/sent, processed, dropped, RSS MiB"] = (
+            f"{r['received']}/{r['sent']}, {r['processed']}, {r['dropped']}, {r['rss']:.0f}")
 
-    mem_session, mem_images = _frames((240, 320), 100, seed=12)
-    _memory(bench, mem_session, mem_images, args.long_frames, results)
+    _memory(bench, args.long_frames, results)
 
     width = max(len(k) for k in results)
     print(f"\nclino-vpr bench node  (model {args.model.name}, logs in {workdir})")

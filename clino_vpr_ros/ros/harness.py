@@ -185,6 +185,18 @@ class NodeClient:
         self.wait_until(lambda: pub.get_subscription_count() > 0 and bool(self.last_diagnostics()), timeout,
                         "the node's image subscription and diagnostics", node)
 
+    def wait_drained(self, node: NodeProcess, timeout: float = 60.0, quiet_s: float = 0.5) -> None:
+        """Until no frame arrives for ``quiet_s`` and the node has handled every frame it received."""
+        state = {"received": -1, "since": time.monotonic()}
+
+        def drained() -> bool:
+            received = self.counter("frames_received")
+            if received != state["received"]:
+                state["received"], state["since"] = received, time.monotonic()
+            return time.monotonic() - state["since"] >= quiet_s and self.handled() >= received
+
+        self.wait_until(drained, timeout, "the node to drain its input", node)
+
     def handled(self) -> int:
         """Frames the node has finished with (processed, rejected as bad, failed or dropped)."""
         d = self.last_diagnostics()
@@ -234,7 +246,35 @@ class NodeClient:
         finally:
             self.node.destroy_client(client)
 
+    def set_parameters(self, values: dict[str, Any], node_name: str = "/clino_vpr", timeout: float = 10.0) -> list:
+        """Set parameters of a running node through its parameter service; returns the SetParametersResults."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        client = self.node.create_client(SetParameters, f"{node_name}/set_parameters")
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f"{node_name}/set_parameters not available after {timeout} s")
+            request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+            future = client.call_async(request)
+            deadline = time.monotonic() + timeout
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not future.done():
+                raise TimeoutError(f"{node_name}/set_parameters did not answer in {timeout} s")
+            return list(future.result().results)
+        finally:
+            self.node.destroy_client(client)
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        if not self.context.ok():
+            return
         self._executor.shutdown()
         self._spin.join(timeout=5.0)
         self.node.destroy_node()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import functools
 import math
 import signal
 import sys
@@ -21,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import rclpy
@@ -51,6 +52,20 @@ STREAM_ALIVE_S = 1.0
 #: longest wait of the worker for odometry / depth to reach an image's stamp
 SYNC_WAIT_S = 0.1
 RESULTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+
+
+def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Catch at the callback boundary: a failing callback is logged (throttled), never takes the node down."""
+
+    @functools.wraps(callback)
+    def wrapper(self: ClinoVprNode, *args: Any) -> Any:
+        try:
+            return callback(self, *args)
+        except Exception as e:  # noqa: BLE001 - the boundary between ROS and our code
+            self._warn(callback.__name__, f"{callback.__name__} failed: {e!r}")
+            return None
+
+    return wrapper
 
 
 class DropOldestQueue:
@@ -104,15 +119,15 @@ class StampedBuffer:
     def nearest(self, stamp: float, tolerance: float, wait_s: float = 0.0) -> Any:
         """The message nearest ``stamp`` within ``tolerance``, or None.
 
-        Side streams race the image (separate DDS writers): when the stream is alive but has not
-        reached ``stamp`` yet, wait up to ``wait_s`` for a message at or after it, as an
-        approximate-time synchroniser would.
+        Side streams race the image (separate DDS writers): when the stream has not reached
+        ``stamp`` yet (nothing received so far, or alive but behind), wait up to ``wait_s`` for a
+        message at or after it, as an approximate-time synchroniser would.
         """
         deadline = time.monotonic() + wait_s
         with self._cond:
             while (
-                self._items and max(s for s, _ in self._items) < stamp
-                and time.monotonic() - self._last_arrival < STREAM_ALIVE_S
+                (not self._items or (max(s for s, _ in self._items) < stamp
+                                     and time.monotonic() - self._last_arrival < STREAM_ALIVE_S))
                 and time.monotonic() < deadline
             ):
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
@@ -144,13 +159,15 @@ class _Stats:
         self.keyframes_added = self.closures = self.published = 0
         self.latency_ms: list[float] = []
         self.encode_ms: list[float] = []
+        self.pipeline_ms: list[float] = []
         self.last_error = ""
 
-    def take_window(self) -> tuple[list[float], list[float]]:
+    def take_window(self) -> tuple[list[float], list[float], list[float]]:
+        """Latency, encoder and pipeline samples (ms) since the last call."""
         with self.lock:
-            lat, enc = self.latency_ms, self.encode_ms
-            self.latency_ms, self.encode_ms = [], []
-        return lat, enc
+            window = self.latency_ms, self.encode_ms, self.pipeline_ms
+            self.latency_ms, self.encode_ms, self.pipeline_ms = [], [], []
+        return window
 
 
 class ClinoVprNode(Node):
@@ -235,17 +252,20 @@ class ClinoVprNode(Node):
             self.create_subscription(Image, "depth", self._on_depth, image_qos)
 
     # ---------------------------------------------------------------- callbacks (executor thread)
+    @_guarded
     def _on_image(self, msg: Any) -> None:
         with self._stats.lock:
             self._stats.received += 1
         self._queue.put(_Frame(msg, time.monotonic()))
 
+    @_guarded
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
             self._K = conversions.camera_info_to_K(msg)
         except ValueError as e:
             self._warn("camera_info", f"camera_info ignored: {e}")
 
+    @_guarded
     def _on_odom(self, msg: Odometry) -> None:
         try:
             conversions.odometry_to_matrix(msg)  # validate now, so a bad pose is reported once here
@@ -256,6 +276,7 @@ class ClinoVprNode(Node):
             self._odom_frame = msg.header.frame_id
         self._odom.add(conversions.stamp_to_sec(msg.header.stamp), msg)
 
+    @_guarded
     def _on_depth(self, msg: Image) -> None:
         self._depth.add(conversions.stamp_to_sec(msg.header.stamp), msg)
 
@@ -277,12 +298,10 @@ class ClinoVprNode(Node):
         self.get_logger().info(response.message)
         return response
 
+    @_guarded
     def _on_diagnostics_timer(self) -> None:
-        try:
-            self.pub_diag.publish(self._diagnostics())
-            self._maybe_autosave()
-        except Exception as e:  # noqa: BLE001 - the timer must never take the node down
-            self.get_logger().error(f"diagnostics/autosave failed: {e!r}")
+        self.pub_diag.publish(self._diagnostics())
+        self._maybe_autosave()
 
     # ---------------------------------------------------------------- worker thread
     def _work(self) -> None:
@@ -321,7 +340,9 @@ class ClinoVprNode(Node):
             self._stats.processed += 1
             self._stats.keyframes_added += int(bool(result.frame_result.is_keyframe))
             self._stats.latency_ms.append((time.monotonic() - frame.received) * 1e3)
-            self._stats.encode_ms.append(float(result.encode_ms))
+            if result.descriptor is not None:  # encoded (frames too early for a keyframe are not)
+                self._stats.encode_ms.append(float(result.encode_ms))
+            self._stats.pipeline_ms.append(float(result.total_ms))
 
     def _pose_at(self, stamp: float) -> np.ndarray | None:
         if not self.p.use_odom:
@@ -336,7 +357,14 @@ class ClinoVprNode(Node):
         if not self.p.use_depth:
             return None
         msg = self._depth.nearest(stamp, self.get_parameter("sync_tolerance_s").value, SYNC_WAIT_S)
-        return None if msg is None else conversions.depth_to_numpy(msg)
+        if msg is None:
+            self._warn("no_depth", f"no depth image within sync_tolerance_s of image stamp {stamp:.3f}")
+            return None
+        try:
+            return conversions.depth_to_numpy(msg)
+        except ValueError as e:  # a bad depth image costs the depth, not the frame
+            self._warn("bad_depth", f"depth ignored: {e}")
+            return None
 
     def _publish(self, result: Any, header: Any) -> None:
         publish_unverified = self.p.publish_unverified
@@ -386,7 +414,7 @@ class ClinoVprNode(Node):
 
     def _diagnostics(self) -> DiagnosticArray:
         now = time.monotonic()
-        lat, enc = self._stats.take_window()
+        lat, enc, pipe = self._stats.take_window()
         s = self._stats
         with s.lock:
             received, processed, rejected, errors = s.received, s.processed, s.rejected, s.errors
@@ -405,6 +433,7 @@ class ClinoVprNode(Node):
             "latency_ms_mean": float(np.mean(lat)) if lat else 0.0,
             "latency_ms_max": float(np.max(lat)) if lat else 0.0,
             "encode_ms_mean": float(np.mean(enc)) if enc else 0.0,
+            "pipeline_ms_mean": float(np.mean(pipe)) if pipe else 0.0,
             "closures_detected": closures,
             "closures_published": published,
             "camera_info": "calibrated" if self._K is not None else "none",

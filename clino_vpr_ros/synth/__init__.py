@@ -10,9 +10,13 @@ from clino_vpr_ros.synth.session import (
     ROUTES, Session, SessionConfig, SessionFrame, generate_session, gt_cross_session_pairs, make_base_T_camera, pose2d,
 )
 from clino_vpr_ros.synth.town import LABELS, Town, TownConfig, generate_town
+from clino_vpr_ros.synth.writers import (
+    parse_downloader_name, read_session_groundtruth, write_bag, write_downloader_sets, write_gsv_dataset,
+)
 
 __all__ = [
     "CONDITIONS", "LABELS", "SEASONS", "Condition", "RenderOutput", "Renderer", "Town", "TownConfig",
     "generate_town", "get_condition", "intrinsics", "sample_condition", "ROUTES", "Session", "SessionConfig",
     "SessionFrame", "generate_session", "gt_cross_session_pairs", "make_base_T_camera", "pose2d",
+    "parse_downloader_name", "read_session_groundtruth", "write_bag", "write_downloader_sets", "write_gsv_dataset",
 ]

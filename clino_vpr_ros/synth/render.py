@@ -30,6 +30,7 @@ _CANOPY = {"spring": (0.85, (0.35, 0.55, 0.2)), "summer": (1.0, (0.18, 0.42, 0.1
            "autumn": (0.9, (0.7, 0.38, 0.1)), "winter": (0.45, (0.38, 0.33, 0.28))}
 
 _VEHICLE, _PED = LABELS["vehicle"], LABELS["pedestrian"]
+_TRUNK = 255  # internal object class; trunks are labelled vegetation in label images
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class Renderer:
         trunks = np.column_stack([t.trees[:, 0] - 0.15, t.trees[:, 1] - 0.15, np.zeros(len(t.trees)),
                                   t.trees[:, 0] + 0.15, t.trees[:, 1] + 0.15, np.full(len(t.trees), 2.6)])
         boxes = np.concatenate([t.buildings, trunks])
-        cls = np.concatenate([np.full(len(t.buildings), LABELS["building"]), np.full(len(trunks), LABELS["trunk"])])
+        cls = np.concatenate([np.full(len(t.buildings), LABELS["building"]), np.full(len(trunks), _TRUNK)])
         ref = np.concatenate([np.arange(len(t.buildings)), np.arange(len(trunks))])
         return {"boxes": boxes, "cls": cls.astype(np.uint8), "ref": ref.astype(np.int64)}
 
@@ -180,6 +181,9 @@ class Renderer:
         keep &= self._in_frustum(rel, rot)
         idx = np.flatnonzero(keep)
         rel = rel[idx].astype(np.float32)
+        if len(idx) == 0:  # nothing in view (e.g. outside the town looking away): ground and sky only
+            return self._ground_and_sky(cam, dxy, np.full((h, w), np.inf, np.float32), np.zeros((h, w), np.int64),
+                                        np.ones((h, w), bool), np.ones((h, w), bool))
 
         with np.errstate(divide="ignore", invalid="ignore"):
             inv = 1.0 / np.where(np.abs(dxy) < 1e-9, 1e-9, dxy)  # (W,2)
@@ -226,12 +230,18 @@ class Renderer:
         side = cand_t_in[cols, best] >= t_obj
         fx = np.take_along_axis(face_x, sel, 1)[cols, best]
 
+        return self._ground_and_sky(cam, dxy, t_obj, obj, side, fx)
+
+    def _ground_and_sky(self, cam: np.ndarray, dxy: np.ndarray, t_obj: np.ndarray, obj: np.ndarray, side: np.ndarray,
+                        face_x: np.ndarray) -> dict[str, np.ndarray]:
+        """Merge object hits with the ground plane z = 0; what neither hits is sky (depth inf)."""
+        h, w = self.image_size
         t_ground = np.where(self._yc > 1e-6, cam[2] / np.maximum(self._yc, 1e-6), np.inf).astype(np.float32)  # (H,)
         t_ground = np.broadcast_to(t_ground[:, None], (h, w))
         ground = t_ground < t_obj
         depth = np.where(ground, t_ground, t_obj).astype(np.float32)
         depth[depth > MAX_RANGE_M * 1.5] = np.inf
-        return {"depth": depth, "ground": ground & np.isfinite(depth), "obj": obj, "side": side, "face_x": fx,
+        return {"depth": depth, "ground": ground & np.isfinite(depth), "obj": obj, "side": side, "face_x": face_x,
                 "dxy": dxy, "dz": -self._yc}
 
     # ------------------------------------------------------------------ shading
@@ -274,7 +284,7 @@ class Renderer:
             labels[oi] = lab
             rgb[oi] = alb * _lighting(cond, nxv, nyv, (~side).astype(np.float32)) + emi + self._night_light(alb, t, night)
         rgb = _weather(rgb.reshape(h, w, 3), depth, sky.reshape(h, w), cond, stamp, self.image_size)
-        out = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        out = np.clip(rgb * (255.0 * _exposure_gain(cond)) + 0.5, 0, 255).astype(np.uint8)
         return RenderOutput(rgb=out, depth=depth, labels=labels.reshape(h, w))
 
     @staticmethod
@@ -297,7 +307,7 @@ class Renderer:
         return self._mip_flat[self._mip_offsets[level] + iu * side + iv]
 
     def _ground(self, px: np.ndarray, py: np.ndarray, footprint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        cfg, noise = self.town.cfg, self.town.noise
+        cfg = self.town.cfg
         pitch, half = cfg.pitch_m, cfg.road_width_m / 2.0
         mx, my = np.mod(px, pitch), np.mod(py, pitch)
         dxr, dyr = np.minimum(mx, pitch - mx), np.minimum(my, pitch - my)  # distance to nearest road centre line
@@ -345,7 +355,7 @@ class Renderer:
             alb[v] = np.asarray(base, np.float32) * (0.45 + 0.7 * n + 0.35 * n2)[:, None]
             if season == "winter":  # bare crowns: see-through look with dark branches
                 alb[v] = np.where((n > 0.55)[:, None], alb[v], np.float32(0.22))
-        tr = cls == LABELS["trunk"]
+        tr = cls == _TRUNK
         if tr.any():
             n = noise[_cell(pz[tr], 0.15, 13), _cell(s_wall[tr], 0.1, ref[tr])]
             alb[tr] = np.array([0.32, 0.22, 0.14], np.float32) * (0.7 + 0.5 * n)[:, None]
@@ -532,6 +542,14 @@ def _lighting(cond: Condition, nx: np.ndarray, ny: np.ndarray, nz: np.ndarray) -
     night = _night_factor(cond)
     amb_col = np.array([0.85, 0.9, 1.0], np.float32) * (1 - night) + np.array([0.25, 0.27, 0.4], np.float32) * night
     return (ambient * 0.8 * (1.0 - 0.7 * night)) * amb_col + (direct * 0.7 * lam)[..., None] * _sun_colour(cond)
+
+
+def _exposure_gain(cond: Condition) -> float:
+    """Auto-exposure of the camera, set per condition (not per frame, so it does not flicker): dim scenes
+    are amplified up to 3x, like a camera raising gain at dusk, with lit windows and lamps saturating."""
+    wall = _lighting(cond, np.array([0.5], np.float32), np.array([0.5], np.float32), np.zeros(1, np.float32))
+    level = float(wall.mean()) + 0.3 * _night_factor(cond)
+    return float(np.clip(0.55 / max(level, 1e-3), 1.0, 3.0))
 
 
 def _weather(rgb: np.ndarray, depth: np.ndarray, sky: np.ndarray, cond: Condition, stamp: float,

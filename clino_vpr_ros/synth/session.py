@@ -130,11 +130,13 @@ class Session:
         """(4,4) float64 optical-frame pose of frame i."""
         return self.frames[i].world_T_base @ self.base_T_camera
 
-    def render(self, i: int) -> RenderOutput:
-        """Render frame i (RGB, depth, labels) under the session's condition at the frame's stamp."""
+    def render(self, i: int, condition: Condition | None = None) -> RenderOutput:
+        """Render frame i (RGB, depth, labels) at the frame's stamp, under the session's condition
+        unless another ``condition`` is given (same place, other visit)."""
         if not 0 <= i < len(self.frames):
             raise ValueError(f"frame index {i} out of range [0, {len(self.frames)})")
-        return self.renderer.render(self.world_T_camera(i), self.condition, self.frames[i].stamp)
+        cond = self.condition if condition is None else condition
+        return self.renderer.render(self.world_T_camera(i), cond, self.frames[i].stamp)
 
     def gt_loop_pairs(self, radius_m: float = 8.0, max_yaw_deg: float = 30.0, min_gap_s: float = 20.0) -> np.ndarray:
         """Ground-truth loop pairs within this session: (P,2) int64 [query, match], match earlier by >= min_gap_s,

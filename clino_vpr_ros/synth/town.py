@@ -27,7 +27,6 @@ LABELS: dict[str, int] = {
     "vehicle": 6,
     "pedestrian": 7,
     "sign": 8,
-    "trunk": 9,
 }
 
 #: facade materials; the renderer modulates the style colour with the matching pattern
@@ -56,7 +55,7 @@ class TownConfig:
     signs_per_building: tuple[int, int] = (0, 2)  # inclusive range
     tree_spacing_m: float = 9.0
     tree_probability: float = 0.65
-    texture_cell_m: float = 0.18  # size of one facade detail cell (feature scale)
+    texture_cell_m: float = 0.3  # size of one facade detail cell (feature scale)
 
     def __post_init__(self) -> None:
         if self.blocks_x < 2 or self.blocks_y < 2:
@@ -149,7 +148,7 @@ def _make_styles(rng: np.random.Generator, n: int) -> FacadeStyles:
         win_w=rng.uniform(0.3, 0.7, n).astype(np.float32),
         win_h=rng.uniform(0.4, 0.7, n).astype(np.float32),
         material=rng.integers(0, len(MATERIALS), n).astype(np.int32),
-        noise_amp=rng.uniform(0.25, 0.55, n).astype(np.float32),
+        noise_amp=rng.uniform(0.55, 0.9, n).astype(np.float32),
         noise_offset=rng.integers(0, NOISE_SIZE, (n, 2)).astype(np.int32),
     )
 

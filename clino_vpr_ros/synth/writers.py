@@ -16,18 +16,18 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from clino_vpr_ros.synth.conditions import CONDITIONS, Condition, sample_condition
+from clino_vpr_ros.synth.conditions import CONDITIONS, sample_condition
 from clino_vpr_ros.synth.geo import UTM_LETTER, UTM_ZONE, town_to_utm, utm_to_latlon
 from clino_vpr_ros.synth.render import Renderer
 from clino_vpr_ros.synth.session import Session, make_base_T_camera, pose2d
-from clino_vpr_ros.synth.town import Town, generate_town
+from clino_vpr_ros.synth.town import Town, TownConfig, generate_town
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +172,17 @@ def _odom_msg(T, hdr, odom: np.ndarray, i: int, session: Session, cov: np.ndarra
             covariance=cov.astype(np.float64)))
 
 
+def _latched_qos():
+    """RELIABLE + TRANSIENT_LOCAL depth 1, as tf_static is published, so a player latches it."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    never = QosTime(sec=0, nsec=0)
+    return Qos(history=QosHistory.KEEP_LAST, depth=1, reliability=QosReliability.RELIABLE,
+               durability=QosDurability.TRANSIENT_LOCAL, deadline=never, lifespan=never,
+               liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=never,
+               avoid_ros_namespace_conventions=False)
+
+
 def session_metadata(session: Session) -> dict:
     """The session.json content (also usable without writing a bag)."""
     return {
@@ -242,7 +253,8 @@ def write_bag(session: Session, out_dir: Path, storage: str = "mcap", compressed
             for topic, ns, msgtype, msg in tqdm(msgs, total=3 * len(session.frames) + 1, disable=not progress,
                                                 desc=f"bag {session.session_id}", unit="msg"):
                 if topic not in conns:
-                    conns[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
+                    qos = (_latched_qos(),) if topic == TOPIC_TF_STATIC else ()
+                    conns[topic] = writer.add_connection(topic, msgtype, typestore=typestore, offered_qos_profiles=qos)
                 writer.write(conns[topic], ns, typestore.serialize_cdr(msg, msgtype))
         write_session_groundtruth(session, tmp)
         _publish_dir(tmp, out_dir, overwrite)
@@ -297,6 +309,19 @@ def road_places(town: Town, spacing_m: float, rng: np.random.Generator, lane_m: 
                                              np.full(s.shape, yaw)]))
     places = np.concatenate(rows)
     return places[rng.permutation(len(places))]
+
+
+def town_with_capacity(seed: int, spacing_m: float, n_places: int, max_blocks: int = 16) -> tuple[Town, np.ndarray]:
+    """The default town of ``seed``, grown (more blocks) until it holds ``n_places`` viewpoints ``spacing_m`` apart.
+
+    Returns the town and its shuffled places (M,3) [x, y, yaw] (see :func:`road_places`).
+    """
+    for blocks in range(TownConfig().blocks_x, max_blocks + 1):
+        town = generate_town(seed, replace(TownConfig(), blocks_x=blocks, blocks_y=blocks))
+        places = road_places(town, spacing_m, np.random.default_rng([int(seed), int(spacing_m * 10), 0x91A]))
+        if len(places) >= n_places:
+            return town, places
+    raise ValueError(f"{n_places} places {spacing_m} m apart do not fit a {max_blocks}x{max_blocks}-block town")
 
 
 def _camera_pose(x: float, y: float, yaw: float) -> np.ndarray:
@@ -357,12 +382,9 @@ def write_gsv_dataset(out: Path, town_seeds: Sequence[int], places_per_town: int
 
 def _write_gsv_city(out: Path, seed: int, city: str, n_places: int, k: int, image_size: tuple[int, int],
                     progress: bool) -> None:
-    town = generate_town(seed)
+    town, places = town_with_capacity(seed, 15.0, n_places)
     renderer = Renderer(town, image_size)
     rng = np.random.default_rng([seed, 0x65F])
-    places = road_places(town, 15.0, rng)
-    if n_places > len(places):
-        raise ValueError(f"town {seed} has only {len(places)} places 15 m apart; asked for {n_places}")
     img_final = out / "Images" / city
     tmp = _tmp_dir_for(img_final)
     rows = []
@@ -423,12 +445,9 @@ def write_downloader_sets(out: Path, town_seed: int, n_places: int, image_size: 
     "same": day with other clutter; "cross": another time of day / weather preset with other clutter.
     """
     out = Path(out)
-    town = generate_town(town_seed)
+    town, places = town_with_capacity(town_seed, 30.0, n_places)
     renderer = Renderer(town, image_size)
     rng = np.random.default_rng([int(town_seed), 0xD0C])
-    places = road_places(town, 30.0, rng)
-    if n_places > len(places):
-        raise ValueError(f"town {town_seed} has only {len(places)} places 30 m apart; asked for {n_places}")
     places = places[:n_places]
     queries = np.stack([_jitter(rng, p, 5.0, 0.0, 10.0) for p in places])
     right = np.column_stack([np.sin(queries[:, 2]), -np.cos(queries[:, 2])])
@@ -454,7 +473,8 @@ def write_downloader_sets(out: Path, town_seed: int, n_places: int, image_size: 
                 _imwrite_jpg(q_dir / downloader_name(town_seed, queries[i, 0], queries[i, 1], f"q{i:05d}"), rgb)
             _write_json_atomic(tmp / "synth_eval.json", {
                 "schema_version": SCHEMA_VERSION, "kind": "clino_vpr_ros.synth.downloader", "town_seed": int(town_seed),
-                "variant": variant, "n_places": n_places, "image_size": list(image_size), "utm_zone": f"{UTM_ZONE}{UTM_LETTER}",
+                "variant": variant, "n_places": n_places, "town_config": asdict(town.cfg),
+                "image_size": list(image_size), "utm_zone": f"{UTM_ZONE}{UTM_LETTER}",
                 "database_condition": asdict(db_cond)})
             _publish_dir(tmp, final, overwrite)
         except BaseException:

@@ -73,3 +73,11 @@ class Room:
         depth = np.where(np.isfinite(best_t), best_t, np.nan).astype(np.float32)  # rays_cam z = 1 -> t is the depth
         rgb = np.repeat(gray[..., None], 3, axis=2)
         return rgb, depth
+
+
+def thumbnail_descriptor(rgb: np.ndarray, size: tuple[int, int] = (16, 12)) -> np.ndarray:
+    """A crude global descriptor (float32 (192,), unit norm): the zero-mean 16x12 gray thumbnail."""
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    thumb = cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    thumb -= thumb.mean()
+    return (thumb / max(np.linalg.norm(thumb), 1e-6)).astype(np.float32)
