@@ -90,6 +90,7 @@ def save_checkpoint(path: str | Path, model: GatedEncoder, extra: dict[str, Any]
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared artefacts
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

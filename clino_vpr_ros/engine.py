@@ -63,6 +63,8 @@ ENGINE_PRESETS: dict[str, EngineConfig] = {
     "large_map": EngineConfig(index=IndexConfig(kind="hnsw")),
     # fewer, more certain closures: ORB-SLAM3-like 4 consecutive matches, cuVGL-like 40 inliers
     "strict": EngineConfig(candidates=CandidateConfig(min_consecutive=4, min_score=0.7), verify=VerifyConfig(min_inliers=40)),
+    # exact search on the GPU when faiss has GPU support (falls back to the CPU index otherwise)
+    "gpu": EngineConfig(index=IndexConfig(use_gpu=True)),
     # no odometry: keyframes by time and novelty only
     "no_odometry": EngineConfig(keyframes=KeyframeConfig(min_distance_m=None, min_rotation_deg=None, max_interval_s=5.0)),
 }
@@ -320,14 +322,25 @@ class LoopClosureEngine:
         if frame.image is not None:
             features = extract_features(to_gray(frame.image), self.cfg.verify, frame.depth)
         K = None if frame.K is None else np.asarray(frame.K, np.float64)
+        return self._add_keyframe(self._next_id, frame.stamp, desc, odom, K, features)
+
+    def replay_keyframe(self, smap: SessionMap, row: int) -> FrameResult:
+        """Feed a stored keyframe (descriptor, pose, K, local features) as the next query keyframe,
+        keeping its id; used to find closures between saved maps offline (``clino-vpr merge --detect``)."""
+        desc = self._validated_descriptor(smap.descriptors[row])
+        self._counts["frames"] += 1
+        return self._add_keyframe(int(smap.ids[row]), float(smap.stamps[row]), desc, smap.pose(row),
+                                  smap.intrinsics_of(row), smap.features(row))
+
+    def _add_keyframe(self, kf_id: int, stamp: float, desc: np.ndarray, odom: np.ndarray | None, K: np.ndarray | None,
+                      features: LocalFeatures | None) -> FrameResult:
         query_seq = len(self._live)
-        candidates = self._retrieve(desc, frame.stamp, query_seq)
+        candidates = self._retrieve(desc, stamp, query_seq)
         ready = self._filter.update(query_seq, self._reference_score(desc), candidates)
-        kf_id = self._next_id
-        self._next_id += 1
-        self._live.append(kf_id, frame.stamp, desc, odom, K, features)
-        self._index.add(kf_id, desc, frame.stamp)
-        closures = self._verify_ready(ready, kf_id, frame.stamp, odom, K, features)
+        self._next_id = max(self._next_id, kf_id + 1)
+        self._live.append(kf_id, stamp, desc, odom, K, features)
+        self._index.add(kf_id, desc, stamp)
+        closures = self._verify_ready(ready, kf_id, stamp, odom, K, features)
         return FrameResult(True, kf_id, closures)
 
     def _reference_score(self, desc: np.ndarray) -> float | None:

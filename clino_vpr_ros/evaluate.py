@@ -257,7 +257,7 @@ def _pr_auc(precision: np.ndarray, recall: np.ndarray) -> float:
 
 def plot_pr_curve(results: dict[str, PRResult], out_png: Path | str) -> Path:
     """PR curves of one or more systems to a PNG; returns its path."""
-    plt = _pyplot()
+    plt = pyplot_agg()
     fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
     for name, r in results.items():
         if r.curve.size:
@@ -266,7 +266,7 @@ def plot_pr_curve(results: dict[str, PRResult], out_png: Path | str) -> Path:
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="Loop closure precision/recall")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
-    return _save_fig(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_trajectories_with_closures(
@@ -277,7 +277,7 @@ def plot_trajectories_with_closures(
 ) -> Path:
     """Top view of trajectories (name -> (N, 2) x, y in metres) with closures drawn as segments
     (green when ``ok``, red otherwise). Returns the PNG path."""
-    plt = _pyplot()
+    plt = pyplot_agg()
     fig, ax = plt.subplots(figsize=(7, 7), dpi=120)
     for name, xy in trajectories.items():
         xy = np.asarray(xy, dtype=np.float64)
@@ -293,10 +293,11 @@ def plot_trajectories_with_closures(
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    return _save_fig(fig, out_png)
+    return save_figure(fig, out_png)
 
 
-def _pyplot():
+def pyplot_agg():
+    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,7 +306,8 @@ def _pyplot():
     return plt
 
 
-def _save_fig(fig, out_png: Path | str) -> Path:
+def save_figure(fig, out_png: Path | str) -> Path:
+    """Write ``fig`` as PNG atomically (temp + os.replace), close it, return the path."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=out_png.stem, suffix=".png")
@@ -315,7 +317,7 @@ def _save_fig(fig, out_png: Path | str) -> Path:
         fig.savefig(tmp, format="png")
         os.replace(tmp, out_png)
     finally:
-        _pyplot().close(fig)
+        pyplot_agg().close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out_png
@@ -387,7 +389,7 @@ class _GroundTruth:
 
 
 def _load_groundtruth(session_dir: Path) -> _GroundTruth:
-    from clino_vpr_ros.synth.writers import read_session_groundtruth
+    from clino_vpr_ros.synth import read_session_groundtruth
 
     stamps, world_T_base, loop_pairs, meta = read_session_groundtruth(Path(session_dir))
     stamps = np.asarray(stamps, np.float64)

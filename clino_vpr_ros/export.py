@@ -104,9 +104,13 @@ def export_onnx(model: GatedEncoder, out: Path, fp16: bool = False, opset: int =
         _write_with_metadata(raw, staged, metadata)
         if check:
             check_parity(reference, staged, fp16)
-        data = staged.with_name(staged.name + ".data")
+        data, out_data = staged.with_name(staged.name + ".data"), out.with_name(out.name + ".data")
         if data.exists():
-            os.replace(data, out.with_name(out.name + ".data"))
+            os.chmod(data, 0o644)  # the external-data writer creates it 0600
+            os.replace(data, out_data)
+        elif out_data.exists():
+            out_data.unlink()  # left by an earlier, larger export to the same name
+        os.chmod(staged, 0o644)
         os.replace(staged, out)
     LOG.info("exported %s (%s, %s, D=%d)", out, metadata.preset, "fp16" if fp16 else "fp32", metadata.descriptor_dim)
     return out

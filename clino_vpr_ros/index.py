@@ -15,8 +15,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import faiss
-import numpy as np
+# faiss.loader logs at INFO each SIMD module it fails to find, although the wheel's single library
+# dispatches AVX2/AVX512 at run time ("DD" in faiss.get_compile_options()): not worth a user's eye
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +83,10 @@ class KeyframeIndex:
             index.hnsw.efSearch = cfg.hnsw_ef_search
         else:
             index = faiss.IndexFlatIP(self.dim)
-        if cfg.use_gpu:
+        if cfg.use_gpu and cfg.kind == "hnsw":
+            # faiss has no GPU HNSW (its GPU graph index is CAGRA); a flat GPU index is the GPU option
+            log.warning("use_gpu is ignored for kind='hnsw' (no GPU HNSW in faiss); use kind='flat' on the GPU")
+        elif cfg.use_gpu:
             n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
             if n_gpus > 0 and hasattr(faiss, "StandardGpuResources"):
                 self._gpu_res = faiss.StandardGpuResources()
@@ -175,12 +182,16 @@ class KeyframeIndex:
             else:
                 params = faiss.SearchParameters(sel=sel)
             return self._index.search(q, k, params=params)
-        # GPU indexes take no selector: over-fetch until k allowed rows are found or the index is exhausted
+        return self._search_overfetch(q, k, n_rows)
+
+    def _search_overfetch(self, q: np.ndarray, k: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k among the first n_rows without a selector (GPU indexes take none): over-fetch and filter."""
         fetch = k
         while True:
             fetch = min(max(2 * fetch, k + self._size - n_rows), self._size)
             s, r = self._index.search(q, fetch)
-            r = np.where(r < n_rows, r, -1)
+            s = np.where((r >= 0) & (r < n_rows), s, -np.inf)
+            r = np.where((r >= 0) & (r < n_rows), r, -1)
             order = np.argsort(r < 0, axis=1, kind="stable")[:, :k]
             s, r = np.take_along_axis(s, order, 1), np.take_along_axis(r, order, 1)
             if fetch >= self._size or np.all(r[:, -1] >= 0):

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import gtsam
 import numpy as np
+from tqdm import tqdm
 
-from clino_vpr_ros.engine import LoopClosure
+from clino_vpr_ros.engine import ENGINE_PRESETS, EngineConfig, LoopClosure, LoopClosureEngine
 from clino_vpr_ros.session_map import SessionMap, atomic_write
 
 log = logging.getLogger(__name__)
@@ -355,6 +356,28 @@ def load_closures(path: str | Path) -> list[LoopClosure]:
         raise ValueError(f"{path} is not a closures file written by save_closures ({e})") from e
 
 
+def detect_closures(maps: Sequence[SessionMap], cfg: EngineConfig = EngineConfig()) -> list[LoopClosure]:
+    """Find verified closures between stored maps offline (no images needed: maps keep local features).
+
+    Each single-session map is replayed keyframe by keyframe, in time order, as a live session
+    against all earlier maps (each pair once) with the full engine: retrieval, thresholds, temporal
+    consistency, geometric verification. Intra-session closures come along.
+    """
+    closures: list[LoopClosure] = []
+    for j, smap in enumerate(maps):
+        if len(smap.session_ids) != 1:
+            log.info("map %d holds %d sessions: used only as a database", j, len(smap.session_ids))
+            continue
+        base_T_camera = smap.base_T_camera(0) if len(smap) else None
+        engine = LoopClosureEngine(cfg, smap.descriptor_dim, smap.fingerprint, smap.session_ids[0], base_T_camera)
+        for prior in maps[:j]:
+            engine.add_prior_map(prior)
+        for row in tqdm(np.argsort(smap.stamps, kind="stable"), desc=f"closures of {smap.session_id}", unit="kf", leave=False):
+            closures += engine.replay_keyframe(smap, int(row)).closures
+        log.info("session %s: %s", smap.session_id, engine.stats())
+    return closures
+
+
 def report_dict(result: MergeResult, closures: Sequence[LoopClosure]) -> dict:
     res = result.residuals
     t_in = [r.translation_error_m for r in res if r.inlier]
@@ -402,7 +425,11 @@ def plot_merge(path: str | Path, result: MergeResult, closures: Sequence[LoopClo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clino-vpr merge", description=__doc__.split("\n")[0])
     parser.add_argument("maps", nargs="+", type=Path, help="session maps (.npz); the first one's session is the reference")
-    parser.add_argument("--closures", type=Path, required=True, help="JSON of loop closures (save_closures format)")
+    parser.add_argument("--closures", type=Path, help="JSON of loop closures (save_closures format); "
+                        "without it closures are detected from the maps (descriptors + stored local features)")
+    parser.add_argument("--engine-preset", default="default", choices=sorted(ENGINE_PRESETS),
+                        help="engine settings for closure detection")
+    parser.add_argument("--save-closures", type=Path, help="write the detected closures here (JSON)")
     parser.add_argument("--out", type=Path, required=True, help="merged map to write (.npz)")
     parser.add_argument("--report", type=Path, help="JSON report of residuals (default: <out>.report.json)")
     parser.add_argument("--png", type=Path, help="plot of the merged trajectories (default: <out>.png)")
@@ -410,7 +437,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--robust", choices=ROBUST_KERNELS, default="gnc")
     args = parser.parse_args(argv)
     maps = [SessionMap.load(p) for p in args.maps]
-    closures = load_closures(args.closures)
+    if args.closures is not None:
+        closures = load_closures(args.closures)
+    else:
+        closures = [c for c in detect_closures(maps, ENGINE_PRESETS[args.engine_preset]) if c.verified]
+        print(f"detected {len(closures)} verified closures "
+              f"({sum(c.inter_session for c in closures)} between sessions)")
+        if args.save_closures is not None:
+            save_closures(args.save_closures, closures)
     result = merge_sessions(maps, closures, MergeConfig(reference_session=args.reference, robust=args.robust))
     out = merged_map(maps, result).save(args.out)
     report = args.report or out.with_suffix(".report.json")

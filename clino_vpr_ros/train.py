@@ -15,8 +15,8 @@ uninterrupted run: every epoch re-seeds torch and draws its batches from ``(seed
 
 Example (the shipped ``tiny`` preset on synthetic towns, CPU)::
 
-    clino-vpr train --data gsv/ --val val_same/ --out runs/tiny --preset tiny \\
-        --epochs 6 --batch-places 24 --lr 1e-3 --lr-decay-iters 2000
+    clino-vpr train --data data/gsv --val data/val/synth0900_cross --out runs/tiny --preset tiny \\
+        --epochs 40 --batch-places 24 --lr 1e-3 --lr-decay-iters 720 --augment --threads 2
 """
 
 from __future__ import annotations
@@ -445,9 +445,9 @@ def _check_resumable(state: dict[str, Any], cfg: TrainConfig) -> None:
 def _write_reports(out: Path, cfg: TrainConfig, history, iter_losses, best) -> None:
     write_json_atomic({"schema_version": SCHEMA_VERSION, "config": cfg.to_dict(), "history": history,
                        "best": best}, out / METRICS_FILE)
-    from clino_vpr_ros.evaluate import _pyplot, _save_fig
+    from clino_vpr_ros.evaluate import pyplot_agg, save_figure
 
-    plt = _pyplot()
+    plt = pyplot_agg()
     fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     if iter_losses:
         x = np.arange(1, len(iter_losses) + 1)
@@ -468,7 +468,7 @@ def _write_reports(out: Path, cfg: TrainConfig, history, iter_losses, best) -> N
     ax_r.grid(alpha=0.3)
     if with_recall:
         ax_r.legend(fontsize=8)
-    _save_fig(fig, out / CURVES_FILE)
+    save_figure(fig, out / CURVES_FILE)
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -54,9 +54,10 @@ def _node(context: LaunchContext) -> list[Node]:
         value = LaunchConfiguration(name).perform(context)
         if value:
             overrides[name] = value
-    prior_maps = [p for p in (yaml.safe_load(LaunchConfiguration("prior_maps").perform(context)) or []) if p]
-    if prior_maps:
-        overrides["prior_maps"] = [str(p) for p in prior_maps]
+    prior_maps = yaml.safe_load(LaunchConfiguration("prior_maps").perform(context)) or []
+    prior_maps = [prior_maps] if isinstance(prior_maps, str) else prior_maps  # one path without brackets
+    if any(prior_maps):
+        overrides["prior_maps"] = [str(p) for p in prior_maps if p]
     node = Node(
         package="clino_vpr_ros",
         executable="clino_vpr_node",

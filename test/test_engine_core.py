@@ -175,3 +175,18 @@ def test_descriptor_only_stream_publishes_unverified_closures_only_when_asked() 
     assert loud and all(not c.verified and not c.metric for c in loud)
     assert all(c.query_id - c.match_id == 30 for c in loud)  # the right places, each after 3 consistent keyframes
     assert all(c.covariance[0, 0] >= 1e6 for c in loud) and min(c.query_id for c in loud) >= 32
+
+
+def test_gpu_request_without_gpu_falls_back_and_the_gpu_search_path_filters_like_the_selector(caplog) -> None:
+    rng = np.random.default_rng(4)
+    x = _unit(rng, 200, 16)
+    with caplog.at_level("WARNING"):
+        index = KeyframeIndex(16, get_engine_config("gpu").index)
+    assert not index.on_gpu and "no GPU support" in caplog.text
+    index.add(np.arange(200), x, np.arange(200.0))
+    q = _unit(rng, 5, 16)
+    for n_rows in (3, 50, 199):
+        s_sel, r_sel = index._search_prefix(q, 4, n_rows)  # faiss IDSelectorRange (CPU)
+        s_gpu, r_gpu = index._search_overfetch(q, 4, n_rows)  # the GPU code path, run on this CPU index
+        np.testing.assert_array_equal(r_sel, r_gpu)
+        assert np.all(r_gpu < n_rows)

@@ -76,6 +76,9 @@ def test_merge_recovers_the_offset_despite_20_percent_wrong_closures(two_session
     assert n_wrong / len(fed) == pytest.approx(0.2, abs=0.03)
     result = merge_sessions([ma, mb], fed, MergeConfig(robust=robust))
     t_err, r_err = _errors(result.session_T["B"], truth)
+    print(f"\n[merge {robust}] {len(closures)} true + {n_wrong} wrong closures: offset error {t_err:.3f} m "
+          f"{r_err:.3f} deg, true kept {int(result.inliers[: len(closures)].sum())}, wrong kept "
+          f"{int(result.inliers[len(closures):].sum())}")
     assert t_err < 0.5 and r_err < 2.0, (t_err, r_err)
     np.testing.assert_allclose(result.session_T["A"], np.eye(4), atol=0.2)
     assert not result.inliers[len(closures):].any(), "a wrong closure was kept"

@@ -11,6 +11,7 @@ the same facade from 13 m apart are a correct closure), otherwise the two keyfra
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import numpy as np
 import pytest
 
 from clino_vpr_ros.engine import EngineConfig, LoopClosure
+from clino_vpr_ros.merge import load_closures
+from clino_vpr_ros.merge import main as merge_main
 from clino_vpr_ros.pipeline import LoopClosurePipeline
 from clino_vpr_ros.session_map import SessionMap, SessionMapBuilder
 from clino_vpr_ros.synth import CONDITIONS, SessionConfig, TownConfig, generate_session, generate_town
@@ -117,6 +120,20 @@ def test_no_false_closure_and_inter_session_closures_carry_both_ids(model_path: 
     assert total >= 1 and inter, "the engine found no loop closure at all"
     for c in inter:
         assert c.query_pose is not None and c.match_pose is not None
+
+    # offline: the two saved maps alone (no images) are enough to find closures and merge the sessions
+    map1 = pipe1.engine.save_map(tmp_path / "s1.npz")
+    assert merge_main([str(map0), str(map1), "--out", str(tmp_path / "merged.npz"),
+                       "--save-closures", str(tmp_path / "found.json")]) == 0
+    found = [c for c in load_closures(tmp_path / "found.json") if c.inter_session]
+    assert found and all(
+        _is_correct(c, s1.world_T_base[kf1[c.query_id]], s0.world_T_base[kf0[c.match_id]]) for c in found)
+    report = json.loads((tmp_path / "merged.report.json").read_text())
+    T = np.array(report["session_T"]["s1"])
+    truth = np.linalg.inv(s0.world_T_odom) @ s1.world_T_odom  # drifting odometry: only roughly rigid
+    print(f"[engine e2e] offline merge: {len(found)} inter-session closures, offset error "
+          f"{np.linalg.norm(T[:2, 3] - truth[:2, 3]):.2f} m")
+    assert np.linalg.norm(T[:2, 3] - truth[:2, 3]) < 3.0
 
 
 def test_no_false_closure_in_a_town_where_every_block_has_a_twin(model_path: Path, record_property) -> None:

@@ -138,6 +138,8 @@ def test_sigkill_during_a_save_leaves_the_previous_map_loadable(tmp_path: Path) 
     assert "KILLING" in proc.stdout
     partial = [p for p in tmp_path.iterdir() if p.name != "m.npz"]
     assert partial and partial[0].stat().st_size > 1_000_000  # the half-written temp file
+    with pytest.raises(ValueError, match="not a readable"):
+        SessionMap.load(partial[0])
     assert path.read_bytes() == good
     assert len(SessionMap.load(path, expected_fingerprint="fp-a")) == 3
     # the next save of a live engine replaces the map normally despite the stale temp file

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import cv2
@@ -25,6 +26,8 @@ SHIPPED_MODEL = ROOT / "models" / "clino-vpr-tiny.onnx"
 RATE_HZ = 2.0
 N_FRAMES = 128  # one 334 m lap is ~96 frames at 7 m/s and 2 Hz: the last ~30 frames revisit the start
 DAY2_FRAMES = 40
+RUN = uuid.uuid4().hex[:6]  # session ids unique to this run: nothing from another run can be mistaken for ours
+LOOP, DAY1, DAY2 = f"loop-{RUN}", f"day1-{RUN}", f"day2-{RUN}"
 DAY2_SHIFT_M = 1.0
 
 
@@ -68,12 +71,14 @@ def domain() -> int:
 
 
 def _start(domain: int, tmp: Path, model: Path, name: str, **params) -> tuple[NodeProcess, NodeClient]:
+    """Start a node for session ``name`` and a client that listens to that session only."""
     base = {"model_path": str(model), "session_id": name, "map_path": str(tmp / f"{name}.npz"),
             "diagnostics_period_s": 0.1, "log_throttle_s": 0.0}
     node = NodeProcess(domain, tmp / f"{name}.log", params={**base, **params}, remaps={"image": "/cam/image_raw"})
-    client = NodeClient(domain, image_topic="/cam/image_raw")
+    client = NodeClient(domain, image_topic="/cam/image_raw", session_id=name, depth=30)
     try:
-        client.wait_for_node(node, compressed=params.get("image_transport") == "compressed")
+        client.wait_for_node(node, compressed=params.get("image_transport") == "compressed",
+                             odom=params.get("use_odom", True))
     except (TimeoutError, RuntimeError):
         _stop(node, client, signal.SIGKILL)
         raise
@@ -97,14 +102,21 @@ def _replay(client: NodeClient, node: NodeProcess, session, frames, indices, sta
         client.wait_until(lambda: client.handled() > before, 30, f"frame {i} to be handled", node)
 
 
+def _send(client: NodeClient, stamp: float, image: np.ndarray) -> None:
+    """Odometry 7 m further along x each second (every frame a keyframe candidate), then the image."""
+    T = np.eye(4)
+    T[0, 3] = 7.0 * stamp
+    client.publish_odom(stamp, T)
+    client.publish_image(stamp, image, "bgr8")
+
+
 def test_large_frames_arrive_bad_messages_are_skipped_and_the_node_keeps_going(domain, model_path, tmp_path):
-    node, client = _start(domain, tmp_path, model_path, "sizes")
+    node, client = _start(domain, tmp_path, model_path, f"sizes-{RUN}")
     try:
         rng = np.random.default_rng(0)
         sent = 0
         for h, w in [(480, 640), (720, 1280), (480, 640), (720, 1280)]:
-            frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            client.publish_image(10.0 + sent, frame, "bgr8")
+            _send(client, 10.0 + sent, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
             sent += 1
             client.wait_until(lambda: client.counter("frames_processed") == sent, 30, f"{w}x{h} frame", node)
         bad = [
@@ -118,7 +130,7 @@ def test_large_frames_arrive_bad_messages_are_skipped_and_the_node_keeps_going(d
             client.wait_until(lambda: client.handled() == sent + 1, 30, "a bad message to be handled", node)
             sent += 1
         assert client.counter("frames_rejected") == 4 and node.alive()
-        client.publish_image(20.0, rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), "bgr8")
+        _send(client, 20.0, rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
         client.wait_until(lambda: client.counter("frames_processed") == 5, 30, "a good frame after bad ones", node)
         d = client.last_diagnostics()
         assert d["frames_received"] == "9" and d["frames_dropped"] == "0" and d["processing_errors"] == "0"
@@ -126,20 +138,21 @@ def test_large_frames_arrive_bad_messages_are_skipped_and_the_node_keeps_going(d
         # run-time parameters go through validation; the gate mask can be switched on live
         refused, accepted = client.set_parameters({"sync_tolerance_s": 50.0, "publish_gate_mask": True})
         assert not refused.successful and "out of range" in refused.reason and accepted.successful
-        client.publish_image(30.0, rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), "bgr8")
+        _send(client, 30.0, rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
         client.wait_until(lambda: len(client.received.masks) == 1, 30, "a gate mask", node)
         mask = client.received.masks[0][1]
         assert mask.encoding == "mono8" and mask.header.stamp.sec == 30 and mask.height * mask.width > 0
 
         # a burst faster than inference: the queue keeps the newest frame, drops are counted, none pile up
         burst = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(3)]
+        client.wait_drained(node)
         received0 = client.counter("frames_received")
-        for k in range(30):
-            client.publish_image(100.0 + k, burst[k % 3], "bgr8")
-            time.sleep(0.005)
-        client.wait_until(lambda: client.counter("frames_received") >= received0 + 15, 30, "the burst to arrive", node)
-        time.sleep(1.0)  # DDS may drop from the publisher's KEEP_LAST history in a burst: count what arrived
-        client.wait_until(lambda: client.handled() == client.counter("frames_received"), 30, "the burst to drain", node)
+        for k in range(30):  # 50 Hz of keyframe candidates: several times what the CPU can verify
+            _send(client, 100.0 + k, burst[k % 3])
+            time.sleep(0.02)
+        # (back-to-back large frames would overflow the DDS KEEP_LAST histories before the node sees them)
+        client.wait_drained(node, timeout=60, quiet_s=1.0)
+        assert client.counter("frames_received") >= received0 + 10
         assert client.counter("frames_dropped") > 0 and node.alive()
 
         assert client.counter("engine_keyframes") >= 1
@@ -155,7 +168,7 @@ def test_large_frames_arrive_bad_messages_are_skipped_and_the_node_keeps_going(d
 
 
 def test_compressed_transport_skips_corrupt_jpeg(domain, model_path, tmp_path):
-    node, client = _start(domain, tmp_path, model_path, "jpeg", image_transport="compressed")
+    node, client = _start(domain, tmp_path, model_path, f"jpeg-{RUN}", image_transport="compressed", use_odom=False)
     try:
         frame = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
         good = CompressedImage(format="jpeg", data=cv2.imencode(".jpg", frame)[1].tobytes())
@@ -188,14 +201,15 @@ def _is_true_pair(session, q: int, m: int, radius_m: float = 12.0) -> bool:
 
 def test_revisit_yields_right_loop_closures_in_lio_sam_and_odometry_form(domain, model_path, session, tmp_path):
     s, frames = session
-    node, client = _start(domain, tmp_path, model_path, "loop")
+    node, client = _start(domain, tmp_path, model_path, LOOP, autosave_period_s=2.0)
     try:
         _replay(client, node, s, frames, range(N_FRAMES))
+        assert "autosaved" in node.log_text() and (tmp_path / f"{LOOP}.npz").exists()  # before any shutdown save
         lio, closures = list(client.received.lio), list(client.received.closures)
         assert len(lio) == len(closures)
         for (_, data), (_, odom) in zip(lio, closures):
             assert len(data) == 2 and data[0] == pytest.approx(_stamp(odom), abs=1e-6) and data[0] > data[1]
-            assert odom.header.frame_id.startswith("loop/") and odom.child_frame_id.startswith("loop/")
+            assert odom.header.frame_id.startswith(f"{LOOP}/") and odom.child_frame_id.startswith(f"{LOOP}/")
             assert odom.pose.covariance[0] > 0  # verified closures only: a real covariance
         if model_path == SHIPPED_MODEL:  # right pairs, none false: a property of the trained encoder
             false = [(q, m) for q, m in ((_frame_of(s, d[0]), _frame_of(s, d[1])) for _, d in lio)
@@ -214,26 +228,26 @@ def test_saved_map_gives_inter_session_closures_after_restart_and_sigterm_saves(
     s, frames = session
     odom2, frames2 = second_day
     first = range(DAY2_FRAMES)
-    node, client = _start(domain, tmp_path, model_path, "day1")
+    node, client = _start(domain, tmp_path, model_path, DAY1)
     try:
         _replay(client, node, s, frames, first)
         reply = client.call("/clino_vpr/save_map")
-        assert reply.success and str(tmp_path / "day1.npz") in reply.message
+        assert reply.success and str(tmp_path / f"{DAY1}.npz") in reply.message
         n_saved = client.counter("engine_keyframes")
     finally:
         assert _stop(node, client, signal.SIGINT) == 0
-    saved = SessionMap.load(tmp_path / "day1.npz")
-    assert len(saved) == n_saved >= 10 and saved.session_ids == ["day1"]
+    saved = SessionMap.load(tmp_path / f"{DAY1}.npz")
+    assert len(saved) == n_saved >= 10 and saved.session_ids == [DAY1]
 
     # day 2: the same street a day later, against day 1's map
-    node, client = _start(domain, tmp_path, model_path, "day2", prior_maps=[str(tmp_path / "day1.npz")])
+    node, client = _start(domain, tmp_path, model_path, DAY2, prior_maps=[str(tmp_path / f"{DAY1}.npz")])
     try:
         assert client.counter("engine_prior_keyframes") == n_saved
         _replay(client, node, s, frames2, first, stamp_offset=86400.0, odom=odom2)
         closures = [msg for _, msg in client.received.closures]
         assert closures, "no inter-session closure driving the mapped street again"
         for msg in closures:
-            assert msg.header.frame_id.startswith("day2/") and msg.child_frame_id.startswith("day1/")
+            assert msg.header.frame_id.startswith(f"{DAY2}/") and msg.child_frame_id.startswith(f"{DAY1}/")
             assert msg.pose.covariance[0] > 0
             if model_path == SHIPPED_MODEL:
                 q = _frame_of(s, _stamp(msg), 86400.0)
@@ -243,5 +257,20 @@ def test_saved_map_gives_inter_session_closures_after_restart_and_sigterm_saves(
     finally:
         client.close()
         assert node.stop(signal.SIGTERM) == 0  # SIGTERM (systemd, docker stop): save and exit cleanly
-    day2 = SessionMap.load(tmp_path / "day2.npz")
+    day2 = SessionMap.load(tmp_path / f"{DAY2}.npz")
     assert len(day2) == n_day2 > 0 and "saved" in node.log_text()
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"image_qos_depth": 0}, "image_qos_depth out of range"),
+        ({"engine_preset": "fastest"}, "unknown engine preset 'fastest'"),
+        ({"model_path": "/nonexistent/model.onnx"}, "model /nonexistent/model.onnx not found"),
+    ],
+)
+def test_bad_start_up_parameters_stop_the_node_with_the_reason(domain, model_path, tmp_path, params, reason):
+    base = {"model_path": str(model_path), "session_id": f"bad-{RUN}", "map_path": str(tmp_path / "bad.npz")}
+    node = NodeProcess(domain, tmp_path / "bad.log", params={**base, **params})
+    assert node.wait(60) == 2
+    assert "cannot start" in node.log_text() and reason in node.log_text()

@@ -96,9 +96,8 @@ def test_evaluate_module_imports_without_torch() -> None:
 
 def test_eval_loops_cli_scores_closures_against_session_ground_truth(tmp_path, capsys) -> None:
     from clino_vpr_ros.evaluate import main
-    from clino_vpr_ros.synth import generate_town, get_condition
-    from clino_vpr_ros.synth.session import generate_session
-    from clino_vpr_ros.synth.writers import read_session_groundtruth, write_session_groundtruth
+    from clino_vpr_ros.synth import generate_session, generate_town, get_condition, read_session_groundtruth
+    from clino_vpr_ros.synth.writers import write_session_groundtruth
 
     gt_dir = tmp_path / "session"
     gt_dir.mkdir()

@@ -108,7 +108,7 @@ def bench_size(size: int, dim: int, n_queries: int, n_queries_1m: int, kinds: li
             exact = ids
         recall = float(np.mean(ids == exact)) if (kind != "flat" and exact is not None) else None
         rows.append(Row(label, size, insert_ms, float(np.percentile(q_ms, 50)), float(np.percentile(q_ms, 99)), recall, bpk, build_s))
-        log.info("%s %d: insert %.3f ms, query p50 %.3f ms", label, size, insert_ms, rows[-1].query_ms_p50)
+        log.debug("%s %d: insert %.3f ms, query p50 %.3f ms", label, size, insert_ms, rows[-1].query_ms_p50)
         del index
     return rows
 

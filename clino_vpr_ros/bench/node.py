@@ -68,8 +68,8 @@ class _Bench:
         base = {"model_path": str(self.model), "session_id": name, "map_path": str(self.workdir / f"{name}.npz"),
                 "diagnostics_period_s": 0.1, "autosave_period_s": 0.0}
         node = NodeProcess(self.domain, self.workdir / f"{name}.log", params={**base, **params})
-        client = NodeClient(self.domain, depth=10)
-        client.wait_for_node(node)
+        client = NodeClient(self.domain, depth=10, session_id=name)
+        client.wait_for_node(node, odom=params.get("use_odom", True), camera_info=params.get("use_camera_info", True))
         return node, client
 
     @staticmethod

@@ -36,8 +36,9 @@ DEFAULT_PARAMS = REPO / "config" / "clino_vpr.yaml"
 
 
 def fresh_domain_id() -> int:
-    """A DDS domain for one run (1..200), so concurrent test runs on one host do not see each other."""
-    return random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
+    """A DDS domain for one run (1..230), so concurrent test runs on one host rarely meet; clients also
+    filter /diagnostics by session id, so a shared domain cannot mix up counters."""
+    return random.Random(os.getpid() ^ time.time_ns()).randint(1, 230)
 
 
 def _param_text(value: Any) -> str:
@@ -112,7 +113,9 @@ class NodeClient:
     ``image_topic``. All publishers are reliable (what a camera driver's default QoS is).
     """
 
-    def __init__(self, domain_id: int, namespace: str = "", image_topic: str = "image", depth: int = 5) -> None:
+    def __init__(self, domain_id: int, namespace: str = "", image_topic: str = "image", depth: int = 5,
+                 session_id: str | None = None) -> None:
+        self.session_id = session_id  # when given, /diagnostics of other nodes (other sessions) are ignored
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node("clino_vpr_test_client", namespace=namespace or "/", context=self.context)
@@ -149,7 +152,7 @@ class NodeClient:
             self.received.markers.append(msg)
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
-        values = messages.diagnostics_values(msg)
+        values = messages.diagnostics_values(msg, self.session_id)
         if values:
             with self._lock:
                 self.received.diagnostics.append(values)
@@ -179,11 +182,15 @@ class NodeClient:
         raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}; last diagnostics "
                            f"{self.last_diagnostics()}\n{tail}")
 
-    def wait_for_node(self, node: NodeProcess, timeout: float = 60.0, compressed: bool = False) -> None:
-        """Until the node's image subscription matched ours and its diagnostics arrive (it is spinning)."""
-        pub = self.pub_compressed if compressed else self.pub_image
-        self.wait_until(lambda: pub.get_subscription_count() > 0 and bool(self.last_diagnostics()), timeout,
-                        "the node's image subscription and diagnostics", node)
+    def wait_for_node(self, node: NodeProcess, timeout: float = 60.0, compressed: bool = False,
+                      odom: bool = True, camera_info: bool = True) -> None:
+        """Until the node's subscriptions (image, and odom / camera_info when it uses them) matched our
+        publishers and its diagnostics arrive (it is spinning)."""
+        pubs = [self.pub_compressed if compressed else self.pub_image]
+        pubs += [self.pub_odom] if odom else []
+        pubs += [self.pub_info] if camera_info else []
+        self.wait_until(lambda: all(p.get_subscription_count() > 0 for p in pubs) and bool(self.last_diagnostics()),
+                        timeout, "the node's subscriptions to match and its diagnostics", node)
 
     def wait_drained(self, node: NodeProcess, timeout: float = 60.0, quiet_s: float = 0.5) -> None:
         """Until no frame arrives for ``quiet_s`` and the node has handled every frame it received."""
@@ -198,9 +205,9 @@ class NodeClient:
         self.wait_until(drained, timeout, "the node to drain its input", node)
 
     def handled(self) -> int:
-        """Frames the node has finished with (processed, rejected as bad, failed or dropped)."""
+        """Frames the node has finished with (processed, rejected as bad, failed, dropped, or before odometry)."""
         d = self.last_diagnostics()
-        keys = ("frames_processed", "frames_rejected", "processing_errors", "frames_dropped")
+        keys = ("frames_processed", "frames_rejected", "processing_errors", "frames_dropped", "frames_before_odometry")
         return sum(int(float(d.get(k, "0"))) for k in keys)
 
     # -- publishing

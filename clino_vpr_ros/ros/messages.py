@@ -134,9 +134,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def diagnostics_values(msg: DiagnosticArray) -> dict[str, str]:
-    """The key/values of our status in a /diagnostics message ({} if it is not ours)."""
+def diagnostics_values(msg: DiagnosticArray, session_id: str | None = None) -> dict[str, str]:
+    """The key/values of a clino_vpr status (of session ``session_id`` when given) in a /diagnostics message."""
     for status in msg.status:
-        if status.name == DIAGNOSTIC_NAME:
+        if status.name == DIAGNOSTIC_NAME and session_id in (None, status.hardware_id):
             return {kv.key: kv.value for kv in status.values}
     return {}

@@ -49,8 +49,9 @@ LATCHED = QoSProfile(
 SIDE_STREAM = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
 #: a side stream (odom, depth) counts as alive when its last message is this recent
 STREAM_ALIVE_S = 1.0
-#: longest wait of the worker for odometry / depth to reach an image's stamp
-SYNC_WAIT_S = 0.1
+#: longest wait of the worker for odometry / depth to reach an image's stamp (side streams race
+#: the image across DDS writers; on a loaded CPU the executor can run late by a good 0.1 s)
+SYNC_WAIT_S = 0.2
 RESULTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
@@ -139,6 +140,10 @@ class StampedBuffer:
         best = min((j for j in (i - 1, i) if 0 <= j < len(items)), key=lambda j: abs(stamps[j] - stamp))
         return items[best][1] if abs(stamps[best] - stamp) <= tolerance else None
 
+    def seen(self) -> bool:
+        """Whether any message arrived yet."""
+        return self._last_arrival > -math.inf
+
     def clear(self) -> None:
         with self._cond:
             self._items.clear()
@@ -155,8 +160,8 @@ class _Stats:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.received = self.processed = self.rejected = self.errors = 0
-        self.keyframes_added = self.closures = self.published = 0
+        self.received = self.processed = self.rejected = self.errors = self.waiting_odom = 0
+        self.closures = self.published = 0
         self.latency_ms: list[float] = []
         self.encode_ms: list[float] = []
         self.pipeline_ms: list[float] = []
@@ -301,16 +306,15 @@ class ClinoVprNode(Node):
     @_guarded
     def _on_diagnostics_timer(self) -> None:
         self.pub_diag.publish(self._diagnostics())
-        self._maybe_autosave()
 
     # ---------------------------------------------------------------- worker thread
     def _work(self) -> None:
         while self._running:
             frame = self._queue.get(timeout=0.1)
-            if frame is None:
-                continue
             try:
-                self._process(frame)
+                self._maybe_autosave()  # here, not in a timer: a save must not stall the executor
+                if frame is not None:
+                    self._process(frame)
             except ValueError as e:  # bad message: say why, skip it, keep going
                 with self._stats.lock:
                     self._stats.rejected += 1
@@ -330,6 +334,13 @@ class ClinoVprNode(Node):
         image, encoding = conversions.for_pipeline(image, encoding)
         stamp = conversions.stamp_to_sec(msg.header.stamp)
         odom_T_base = self._pose_at(stamp)
+        if odom_T_base is None and self.p.use_odom and not self._odom.seen():
+            # before the first odometry: an unposed keyframe would anchor the map without a pose
+            with self._stats.lock:
+                self._stats.waiting_odom += 1
+            self._warn("waiting_odom", "waiting for the first odometry message on "
+                       f"{self.resolve_topic_name('odom')}: frame skipped (set use_odom false to run without)")
+            return
         depth = self._depth_at(stamp)
         if self._K is None and self.p.use_camera_info:
             self._warn("no_K", "no calibrated camera_info yet: closures are verified by a fundamental matrix only, with no relative pose")
@@ -338,7 +349,6 @@ class ClinoVprNode(Node):
         self._publish(result, msg.header)
         with self._stats.lock:
             self._stats.processed += 1
-            self._stats.keyframes_added += int(bool(result.frame_result.is_keyframe))
             self._stats.latency_ms.append((time.monotonic() - frame.received) * 1e3)
             if result.descriptor is not None:  # encoded (frames too early for a keyframe are not)
                 self._stats.encode_ms.append(float(result.encode_ms))
@@ -396,8 +406,12 @@ class ClinoVprNode(Node):
             return Path(self.pipeline.engine.save_map(self.p.map_path))
 
     def _maybe_autosave(self) -> None:
-        with self._engine_lock:
-            path = self.pipeline.engine.maybe_autosave(time.monotonic())
+        try:
+            with self._engine_lock:
+                path = self.pipeline.engine.maybe_autosave(time.monotonic())
+        except OSError as e:  # a full disk must not stop loop closure
+            self._warn("autosave", f"autosave to {self.p.map_path} failed: {e}")
+            return
         if path is not None:
             self.get_logger().info(f"autosaved {self._keyframe_count()} keyframes to {path}")
 
@@ -418,6 +432,7 @@ class ClinoVprNode(Node):
         s = self._stats
         with s.lock:
             received, processed, rejected, errors = s.received, s.processed, s.rejected, s.errors
+            waiting_odom = s.waiting_odom
             closures, published, last_error = s.closures, s.published, s.last_error
         t0, received0, processed0 = self._diag_prev
         self._diag_prev = (now, received, processed)
@@ -427,6 +442,7 @@ class ClinoVprNode(Node):
             "frames_processed": processed,
             "frames_dropped": self._queue.dropped,
             "frames_rejected": rejected,
+            "frames_before_odometry": waiting_odom,
             "processing_errors": errors,
             "input_rate_hz": (received - received0) / dt,
             "processing_rate_hz": (processed - processed0) / dt,

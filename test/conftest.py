@@ -1,0 +1,16 @@
+"""Shared fixtures. The shipped default model is part of the repository; tests use it as a robot would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "clino-vpr-tiny.onnx"
+
+
+@pytest.fixture(scope="session")
+def shipped_model() -> Path:
+    """models/clino-vpr-tiny.onnx, trained on synthetic towns (models/README.md)."""
+    assert SHIPPED_MODEL.is_file(), f"the shipped model {SHIPPED_MODEL} is missing: see models/README.md to rebuild it"
+    return SHIPPED_MODEL
