@@ -14,6 +14,7 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / PACKAGE / "__init__.py")
 # ROS 2 install exists (on a robot with ROS 2 installed from apt, skip the `ros` extra).
 RUNTIME = [
     "numpy>=1.26",
+    "scipy>=1.10",
     "opencv-python-headless>=4.8",
     "onnxruntime>=1.17",  # onnxruntime-gpu on a robot with a GPU
     "faiss-cpu>=1.8",  # faiss-gpu on a robot with a GPU

@@ -156,10 +156,22 @@ def test_loop_closure_maps_to_an_odometry_edge_field_by_field() -> None:
     p = msg.pose.pose.position
     assert (p.x, p.y, p.z) == (1.0, 2.0, 0.5) and msg.pose.pose.orientation.w == 1.0
     assert np.allclose(np.reshape(msg.pose.covariance, (6, 6)), np.diag([0.1, 0.2, 0.3, 0.01, 0.02, 0.03]))
+    assert (msg.twist.twist.linear.x, msg.twist.twist.linear.y, msg.twist.twist.linear.z) == (12.5, 0.91, 120.0)
+    assert (msg.twist.twist.angular.x, msg.twist.twist.angular.y) == (1.0, 1.0)
     unverified = messages.closure_to_odometry(_closure(False))
     assert unverified.pose.covariance[0] == -1.0 and unverified.pose.pose.position.x == 0.0
     lio = messages.lio_sam_message(105.25, 12.5)
     assert list(lio.data) == [105.25, 12.5]
+    # what a back end reads back is the closure that was published
+    back = messages.closure_from_messages(lio.data, msg)
+    c = _closure(True)
+    assert (back["query_session"], back["query_id"], back["match_session"], back["match_id"]) == ("b", 42, "a", 7)
+    assert (back["query_stamp"], back["match_stamp"], back["inliers"], back["verified"]) == (105.25, 12.5, 120, True)
+    assert back["score"] == pytest.approx(0.91) and np.allclose(back["T_query_match"], c.T_query_match)
+    assert np.allclose(back["covariance"], c.covariance)
+    assert messages.closure_from_messages(lio.data, unverified)["T_query_match"] is None
+    with pytest.raises(ValueError, match="different closures"):
+        messages.closure_from_messages([1.0, 2.0], msg)
 
 
 def test_markers_accumulate_and_separate_intra_and_inter_session() -> None:

@@ -18,6 +18,7 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
 from clino_vpr_ros.ros.harness import NodeClient, NodeProcess, fresh_domain_id
+from clino_vpr_ros.ros.messages import closure_from_messages
 from clino_vpr_ros.session_map import SessionMap
 from clino_vpr_ros.synth import CONDITIONS, SessionConfig, generate_session, generate_town, pose2d
 
@@ -184,10 +185,6 @@ def test_compressed_transport_skips_corrupt_jpeg(domain, model_path, tmp_path):
         assert _stop(node, client) == 0
 
 
-def _stamp(msg) -> float:
-    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-
-
 def _frame_of(session, t: float, offset: float = 0.0) -> int:
     return int(np.argmin(np.abs(session.stamps + offset - t)))
 
@@ -208,9 +205,10 @@ def test_revisit_yields_right_loop_closures_in_lio_sam_and_odometry_form(domain,
         lio, closures = list(client.received.lio), list(client.received.closures)
         assert len(lio) == len(closures)
         for (_, data), (_, odom) in zip(lio, closures):
-            assert len(data) == 2 and data[0] == pytest.approx(_stamp(odom), abs=1e-6) and data[0] > data[1]
-            assert odom.header.frame_id.startswith(f"{LOOP}/") and odom.child_frame_id.startswith(f"{LOOP}/")
-            assert odom.pose.covariance[0] > 0  # verified closures only: a real covariance
+            assert len(data) == 2 and data[0] > data[1]  # LIO-SAM: exactly [t_query, t_match]
+            c = closure_from_messages(data, odom)  # raises unless both messages describe one closure
+            assert c["query_session"] == c["match_session"] == LOOP and c["verified"] and c["inliers"] > 0
+            assert c["covariance"] is not None  # verified closures only: a real covariance
         if model_path == SHIPPED_MODEL:  # right pairs, none false: a property of the trained encoder
             false = [(q, m) for q, m in ((_frame_of(s, d[0]), _frame_of(s, d[1])) for _, d in lio)
                      if not _is_true_pair(s, q, m)]
@@ -246,13 +244,12 @@ def test_saved_map_gives_inter_session_closures_after_restart_and_sigterm_saves(
         _replay(client, node, s, frames2, first, stamp_offset=86400.0, odom=odom2)
         closures = [msg for _, msg in client.received.closures]
         assert closures, "no inter-session closure driving the mapped street again"
-        for msg in closures:
-            assert msg.header.frame_id.startswith(f"{DAY2}/") and msg.child_frame_id.startswith(f"{DAY1}/")
-            assert msg.pose.covariance[0] > 0
+        for (_, data), (_, msg) in zip(client.received.lio, client.received.closures):
+            c = closure_from_messages(data, msg)
+            assert (c["query_session"], c["match_session"]) == (DAY2, DAY1) and c["covariance"] is not None
+            assert c["match_stamp"] == pytest.approx(saved.stamps[list(saved.ids).index(c["match_id"])])
             if model_path == SHIPPED_MODEL:
-                q = _frame_of(s, _stamp(msg), 86400.0)
-                m = int(msg.child_frame_id.split("/")[1])
-                assert _is_true_pair(s, q, _frame_of(s, saved.stamps[list(saved.ids).index(m)]))
+                assert _is_true_pair(s, _frame_of(s, c["query_stamp"], 86400.0), _frame_of(s, c["match_stamp"]))
         n_day2 = client.counter("engine_keyframes")
     finally:
         client.close()

@@ -19,7 +19,7 @@ from nav_msgs.msg import Odometry
 from std_msgs.msg import ColorRGBA, Float64MultiArray, MultiArrayDimension
 from visualization_msgs.msg import Marker, MarkerArray
 
-from clino_vpr_ros.ros.conversions import matrix_to_pose, sec_to_stamp
+from clino_vpr_ros.ros.conversions import matrix_to_pose, quaternion_to_matrix, sec_to_stamp
 
 #: covariance[0] = -1 marks "no relative pose" (the sensor_msgs/Imu convention for an unknown field)
 UNKNOWN_COVARIANCE = [-1.0] + [0.0] * 35
@@ -45,12 +45,19 @@ def closure_to_odometry(closure: Any) -> Odometry:
     header.stamp = query stamp; header.frame_id = "<query_session>/<query_id>";
     child_frame_id = "<match_session>/<match_id>"; pose.pose = T_query_match (match base pose in the
     query base frame); pose.covariance = 6x6 row-major (x, y, z, roll, pitch, yaw). Without a
-    relative pose (unverified), pose is identity and covariance[0] = -1. Twist is unused (zero).
+    relative pose (unverified), pose is identity and covariance[0] = -1. An edge has no velocity:
+    twist.twist carries the closure's scalars (no standard message has fields for them):
+    linear.x = t_match (s), linear.y = appearance score (cosine), linear.z = verification inliers,
+    angular.x = verified (1/0), angular.y = metric scale (1/0); twist.covariance stays zero.
     """
     msg = Odometry()
     msg.header.stamp = sec_to_stamp(closure.query_stamp)
     msg.header.frame_id = keyframe_name(closure.query_session, closure.query_id)
     msg.child_frame_id = keyframe_name(closure.match_session, closure.match_id)
+    scalars = msg.twist.twist
+    scalars.linear.x, scalars.linear.y = float(closure.match_stamp), float(closure.score)
+    scalars.linear.z = float(closure.inliers)
+    scalars.angular.x, scalars.angular.y = float(bool(closure.verified)), float(bool(getattr(closure, "metric", False)))
     T = getattr(closure, "T_query_match", None)
     cov = getattr(closure, "covariance", None)
     if closure.verified and T is not None and cov is not None:
@@ -60,6 +67,43 @@ def closure_to_odometry(closure: Any) -> Odometry:
         msg.pose.pose.orientation.w = 1.0
         msg.pose.covariance = list(UNKNOWN_COVARIANCE)
     return msg
+
+
+def closure_from_messages(lio_data: Any, edge: Odometry) -> dict[str, Any]:
+    """The closure a back end reads from one ``loop_closure_detection`` + ``loop_closures`` pair.
+
+    Returns a dict with query_stamp, match_stamp (from the LIO-SAM pair, the exact floats),
+    query_session, query_id, match_session, match_id, score, inliers, verified, metric,
+    T_query_match float64 (4, 4) (None without a relative pose) and covariance float64 (6, 6).
+    Raises ValueError when the two messages do not describe the same closure.
+    """
+    data = [float(v) for v in lio_data]
+    if len(data) != 2:
+        raise ValueError(f"loop_closure_detection carries {len(data)} values; expected [t_query, t_match]")
+    t_query = edge.header.stamp.sec + edge.header.stamp.nanosec * 1e-9
+    if abs(data[0] - t_query) > 1e-6 or abs(data[1] - edge.twist.twist.linear.x) > 1e-6:
+        raise ValueError(f"LIO-SAM pair {data} and loop_closures edge (t_query {t_query:.6f}) are different closures")
+    (q_session, q_id), (m_session, m_id) = (_split_name(edge.header.frame_id), _split_name(edge.child_frame_id))
+    cov = np.asarray(edge.pose.covariance, dtype=np.float64).reshape(6, 6)
+    has_pose = cov[0, 0] >= 0
+    p, o = edge.pose.pose.position, edge.pose.pose.orientation
+    T = None
+    if has_pose:
+        T = np.eye(4)
+        T[:3, :3] = quaternion_to_matrix(o.x, o.y, o.z, o.w)
+        T[:3, 3] = [p.x, p.y, p.z]
+    s = edge.twist.twist
+    return {"query_stamp": data[0], "match_stamp": data[1], "query_session": q_session, "query_id": q_id,
+            "match_session": m_session, "match_id": m_id, "score": float(s.linear.y), "inliers": int(round(s.linear.z)),
+            "verified": s.angular.x > 0.5, "metric": s.angular.y > 0.5, "T_query_match": T,
+            "covariance": cov if has_pose else None}
+
+
+def _split_name(name: str) -> tuple[str, int]:
+    session, sep, kf = name.rpartition("/")
+    if not sep or not session or not kf.lstrip("-").isdigit():
+        raise ValueError(f"keyframe name {name!r} is not '<session_id>/<keyframe_id>'")
+    return session, int(kf)
 
 
 class ClosureMarkers:

@@ -88,6 +88,8 @@ def _cmd_sessions(a: argparse.Namespace) -> int:
 def _cmd_preview(a: argparse.Namespace) -> int:
     s1, s2 = two_sessions(a.town, tuple(a.seeds), tuple(a.conditions), a.frames, a.size)
     out = Path(a.out)
+    if out.is_dir() or out.suffix.lower() != ".png":  # a folder was meant: put the sheet inside it
+        out = out / "preview.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_preview([s1, s2], out, a.per_session)
     print(f"preview: {out}")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from clino_vpr_ros.synth.conditions import CONDITIONS, sample_condition
@@ -46,30 +47,13 @@ GT_LOOP_PARAMS = {"radius_m": 8.0, "max_yaw_deg": 30.0, "min_gap_s": 20.0}
 # ---------------------------------------------------------------------- small helpers
 def rotation_to_quaternion(rot: np.ndarray) -> tuple[float, float, float, float]:
     """(3,3) rotation -> (qx, qy, qz, qw), qw >= 0."""
-    m = np.asarray(rot, np.float64)
-    tr = np.trace(m)
-    if tr > 0:
-        s = math.sqrt(tr + 1.0) * 2
-        q = ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s)
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = math.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k]) * 2
-        v = [0.0, 0.0, 0.0]
-        v[i] = 0.25 * s
-        v[j] = (m[j, i] + m[i, j]) / s
-        v[k] = (m[k, i] + m[i, k]) / s
-        q = (v[0], v[1], v[2], (m[k, j] - m[j, k]) / s)
-    q = np.asarray(q) / np.linalg.norm(q)
-    return tuple(float(x) for x in (q if q[3] >= 0 else -q))
+    q = Rotation.from_matrix(np.asarray(rot, np.float64)).as_quat(canonical=True)
+    return tuple(float(x) for x in q)
 
 
 def quaternion_to_rotation(qx: float, qy: float, qz: float, qw: float) -> np.ndarray:
-    """(qx, qy, qz, qw) -> (3,3) float64 rotation."""
-    x, y, z, w = np.asarray([qx, qy, qz, qw], np.float64) / np.linalg.norm([qx, qy, qz, qw])
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    """(qx, qy, qz, qw) -> (3,3) float64 rotation (the quaternion is normalised)."""
+    return Rotation.from_quat([qx, qy, qz, qw]).as_matrix()
 
 
 def _stamp_ns(t: float) -> int:
