@@ -1,45 +1,25 @@
 """ROS message <-> numpy conversions (no cv_bridge: the ROS 2 build is not available everywhere).
 
-Every function validates the message against what its fields promise (size, step, data length,
-encoding) and raises ``ValueError`` saying what was wrong and what was expected, so the node can
-log the reason and skip the message.
+Image payloads are decoded by the ROS-free :mod:`clino_vpr_ros.image_msg` (shared with the offline
+bag runner, so a frame decodes identically live and from a bag). Every function validates the
+message against what its fields promise (size, step, data length, encoding) and raises
+``ValueError`` saying what was wrong and what was expected, so the node can log and skip it.
 """
 
 from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 from builtin_interfaces.msg import Time
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from clino_vpr_ros import image_msg
 from clino_vpr_ros.preprocess import to_rgb8
 
-#: encoding -> (channels, numpy dtype of one channel). The set the node accepts on ``image``.
-IMAGE_LAYOUTS: dict[str, tuple[int, np.dtype]] = {
-    "rgb8": (3, np.dtype(np.uint8)),
-    "bgr8": (3, np.dtype(np.uint8)),
-    "rgba8": (4, np.dtype(np.uint8)),
-    "bgra8": (4, np.dtype(np.uint8)),
-    "mono8": (1, np.dtype(np.uint8)),
-    "mono16": (1, np.dtype(np.uint16)),
-    "bayer_rggb8": (1, np.dtype(np.uint8)),
-    "bayer_bggr8": (1, np.dtype(np.uint8)),
-    "bayer_gbrg8": (1, np.dtype(np.uint8)),
-    "bayer_grbg8": (1, np.dtype(np.uint8)),
-}
-
-#: depth encodings accepted on ``depth``: 16UC1 in millimetres (OpenNI convention), 32FC1 in metres.
-DEPTH_LAYOUTS: dict[str, tuple[int, np.dtype]] = {
-    "16UC1": (1, np.dtype(np.uint16)),
-    "mono16": (1, np.dtype(np.uint16)),
-    "32FC1": (1, np.dtype(np.float32)),
-}
-
-#: largest image side accepted; a header claiming more is corrupt rather than a real camera.
-MAX_SIDE = 16384
+#: the encodings accepted on ``image`` / ``depth`` and the largest image side (shared with the bag runner)
+IMAGE_LAYOUTS, DEPTH_LAYOUTS, MAX_SIDE = image_msg.IMAGE_LAYOUTS, image_msg.DEPTH_LAYOUTS, image_msg.MAX_SIDE
 
 
 def stamp_to_sec(stamp: Time) -> float:
@@ -56,41 +36,14 @@ def sec_to_stamp(t: float) -> Time:
     return Time(sec=int(sec), nanosec=nanosec)
 
 
-def _unpack(msg: Image, layouts: dict[str, tuple[int, np.dtype]], what: str) -> np.ndarray:
-    """Raw Image buffer -> (H, W, C) array of the encoding's dtype, honouring step and endianness."""
-    if msg.encoding not in layouts:
-        raise ValueError(f"unsupported {what} encoding {msg.encoding!r}; expected one of {sorted(layouts)}")
-    channels, dtype = layouts[msg.encoding]
-    h, w = int(msg.height), int(msg.width)
-    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
-        raise ValueError(f"{what} size {w}x{h} invalid; expected 1..{MAX_SIDE} pixels per side")
-    row_bytes = w * channels * dtype.itemsize
-    step = int(msg.step)
-    if step < row_bytes:
-        raise ValueError(
-            f"{what} step {step} < width*bytes_per_pixel {row_bytes} ({w}x{h} {msg.encoding}); "
-            "step must be the row length in bytes including padding"
-        )
-    data = msg.data
-    n = len(data)
-    if n != step * h:
-        raise ValueError(f"{what} data has {n} bytes; expected step*height = {step}*{h} = {step * h}")
-    buf = np.frombuffer(data, dtype=np.uint8)  # array.array / bytes: zero-copy view
-    rows = buf.reshape(h, step)[:, :row_bytes]  # drop per-row padding
-    order = ">" if msg.is_bigendian else "<"
-    pixels = np.ascontiguousarray(rows).view(dtype.newbyteorder(order) if dtype.itemsize > 1 else dtype)
-    return pixels.reshape(h, w, channels).astype(dtype, copy=False)
-
-
 def image_to_numpy(msg: Image) -> tuple[np.ndarray, str]:
     """sensor_msgs/Image -> (uint8/uint16 (H, W, C) C-contiguous array, encoding).
 
-    C is 1, 3 or 4 as the encoding says; 16-bit data is returned in native byte order.
-    Raises ValueError for an unknown encoding, a zero or absurd size, a step shorter than a row,
-    or a data length other than step*height.
+    C is 1, 3 or 4 as the encoding says; 16-bit data is returned in native byte order; row padding
+    (``step``) is dropped. Raises ValueError for an unknown encoding, a zero or absurd size, a step
+    shorter than a row, or a data length other than step*height.
     """
-    array = _unpack(msg, IMAGE_LAYOUTS, "image")
-    return np.ascontiguousarray(array), msg.encoding
+    return image_msg.decode_image(msg)
 
 
 def for_pipeline(image: np.ndarray, encoding: str) -> tuple[np.ndarray, str]:
@@ -112,10 +65,7 @@ def depth_to_numpy(msg: Image) -> np.ndarray:
 
     16UC1 / mono16 are millimetres (0 = no return); 32FC1 are metres (0, NaN, inf = no return).
     """
-    raw = _unpack(msg, DEPTH_LAYOUTS, "depth image")[:, :, 0]
-    depth = raw.astype(np.float32) * (1e-3 if raw.dtype == np.uint16 else 1.0)
-    depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
-    return depth
+    return image_msg.decode_depth(msg)
 
 
 def compressed_to_numpy(msg: CompressedImage) -> tuple[np.ndarray, str]:
@@ -124,40 +74,16 @@ def compressed_to_numpy(msg: CompressedImage) -> tuple[np.ndarray, str]:
     The encoding is what OpenCV decoded: ``bgr8``, ``bgra8``, ``mono8`` or ``mono16``.
     Raises ValueError for an unsupported format or data that does not decode.
     """
-    fmt = msg.format.lower()
-    if fmt and not any(k in fmt for k in ("jpeg", "jpg", "png")):
-        raise ValueError(f"unsupported compressed format {msg.format!r}; expected jpeg or png")
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size == 0:
-        raise ValueError("compressed image has no data")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise ValueError(f"compressed image ({data.size} bytes, format {msg.format!r}) is corrupt: OpenCV could not decode it")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    channels = image.shape[2]
-    if image.dtype == np.uint16 and channels == 1:
-        return np.ascontiguousarray(image), "mono16"
-    if image.dtype != np.uint8:
-        image = (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image.astype(np.uint8)
-    encoding = {1: "mono8", 3: "bgr8", 4: "bgra8"}.get(channels)
-    if encoding is None:
-        raise ValueError(f"compressed image decoded to {channels} channels; expected 1, 3 or 4")
-    return np.ascontiguousarray(image), encoding
+    return image_msg.decode_compressed(msg)
 
 
 def camera_info_to_K(msg: CameraInfo) -> np.ndarray | None:
     """sensor_msgs/CameraInfo -> float64 (3, 3) intrinsic matrix, or None for an uncalibrated camera.
 
     ROS marks an uncalibrated camera with K all zeros; that is not an error. A K with non-positive
-    focal lengths or a bottom row other than [0, 0, 1] is.
+    focal lengths or a bottom row other than [0, 0, 1] is (ValueError).
     """
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    if not np.any(K):
-        return None
-    if not (K[0, 0] > 0 and K[1, 1] > 0 and np.allclose(K[2], [0.0, 0.0, 1.0])):
-        raise ValueError(f"camera_info K {K.ravel().tolist()} invalid; expected fx>0, fy>0 and last row [0, 0, 1]")
-    return K
+    return image_msg.intrinsics(msg.k)
 
 
 def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:

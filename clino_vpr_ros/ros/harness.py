@@ -7,6 +7,7 @@ on a robot: ``python -m clino_vpr_ros.ros.node --ros-args --params-file F -p ...
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import signal
@@ -49,6 +50,23 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
+_LIVE: set[NodeProcess] = set()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies (a crashed test must not leave nodes running)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for node in list(_LIVE):
+        if node.alive():
+            node.proc.kill()
+
+
 class NodeProcess:
     """The clino_vpr node in its own process; output goes to ``log_path``."""
 
@@ -65,7 +83,9 @@ class NodeProcess:
         env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        _LIVE.add(self)
 
     @property
     def pid(self) -> int:
@@ -87,6 +107,7 @@ class NodeProcess:
             self.proc.kill()
             code = self.proc.wait()
         self._log.close()
+        _LIVE.discard(self)
         return code
 
     def log_text(self) -> str:

@@ -45,8 +45,7 @@ LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
     history=HistoryPolicy.KEEP_LAST,
 )
-# small side streams: best effort matches reliable and best-effort publishers alike
-SIDE_STREAM = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
+RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 #: a side stream (odom, depth) counts as alive when its last message is this recent
 STREAM_ALIVE_S = 1.0
 #: longest wait of the worker for odometry / depth to reach an image's stamp (side streams race
@@ -238,10 +237,10 @@ class ClinoVprNode(Node):
         )
 
     def _subscribe(self) -> None:
-        reliability = {
-            "reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT
-        }[self.p.image_qos_reliability]
-        image_qos = QoSProfile(depth=self.p.image_qos_depth, reliability=reliability, history=HistoryPolicy.KEEP_LAST)
+        image_qos = QoSProfile(depth=self.p.image_qos_depth, reliability=RELIABILITY[self.p.image_qos_reliability],
+                               history=HistoryPolicy.KEEP_LAST)
+        side_qos = QoSProfile(depth=50, reliability=RELIABILITY[self.p.side_qos_reliability],
+                              history=HistoryPolicy.KEEP_LAST)
         # like image_transport: the compressed topic follows the (remapped) base topic `image`
         self._image_topic = self.resolve_topic_name("image")
         if self.p.image_transport == "compressed":
@@ -250,9 +249,9 @@ class ClinoVprNode(Node):
         else:
             self.create_subscription(Image, self._image_topic, self._on_image, image_qos)
         if self.p.use_camera_info:
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, SIDE_STREAM)
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, side_qos)
         if self.p.use_odom:
-            self.create_subscription(Odometry, "odom", self._on_odom, SIDE_STREAM)
+            self.create_subscription(Odometry, "odom", self._on_odom, side_qos)
         if self.p.use_depth:
             self.create_subscription(Image, "depth", self._on_depth, image_qos)
 

@@ -19,8 +19,10 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from clino_vpr_ros import assets
+
 PACKAGE = "clino_vpr_ros"
-DEFAULT_MODEL_NAME = "clino-vpr-tiny.onnx"
+DEFAULT_MODEL_NAME = assets.DEFAULT_MODEL
 #: camera optical frame (z forward, x right, y down) on a base_link (x forward, z up), at the origin
 OPTICAL_BASE_T_CAMERA = (0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5)
 
@@ -88,7 +90,7 @@ def _check_engine_preset(value: str) -> str | None:
 
 
 PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("model_path", str, "", "ONNX gated encoder. Empty: the shipped model "
+    ParamSpec("model_path", str, "", "ONNX gated encoder. Empty: $CLINO_VPR_MODEL, else the shipped model "
               f"share/{PACKAGE}/models/{DEFAULT_MODEL_NAME} (or models/ of a source checkout)."),
     ParamSpec("providers", "str[]", [], "onnxruntime execution providers in priority order "
               "(e.g. [CUDAExecutionProvider, CPUExecutionProvider]). Empty: TensorRT -> CUDA -> CPU, whichever exist."),
@@ -109,6 +111,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               "camera (with Fast DDS, best effort lost every 640x480 frame in our tests).", choices=("reliable", "best_effort")),
     ParamSpec("image_qos_depth", int, 2, "History depth (KEEP_LAST) of the image subscriptions; inference keeps "
               "only the newest frame anyway.", range=(1, 100)),
+    ParamSpec("side_qos_reliability", str, "reliable", "Reliability of the camera_info and odom subscriptions. "
+              "reliable (default): next to large image traffic best-effort odometry lost about half its messages "
+              "in our tests; set best_effort for a best-effort odometry / camera_info publisher.",
+              choices=("reliable", "best_effort")),
     ParamSpec("use_camera_info", bool, True, "Subscribe `camera_info` for intrinsics; without a calibrated K, "
               "closures cannot be geometrically verified."),
     ParamSpec("use_odom", bool, True, "Subscribe `odom` (nav_msgs/Odometry) to pose keyframes (motion-based "
@@ -194,23 +200,20 @@ def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_model_path() -> Path:
-    """The shipped model: the installed package share dir, else ``models/`` of the source checkout."""
-    candidates = []
+    """The model used when ``model_path`` is empty: ``$CLINO_VPR_MODEL``, else the shipped model in the
+    package share folder found through the ament index (colcon installs), else
+    :func:`clino_vpr_ros.assets.default_model_path` (pip prefix, then the source checkout)."""
+    if os.environ.get("CLINO_VPR_MODEL"):
+        return Path(os.environ["CLINO_VPR_MODEL"])
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 
-        os.environ.setdefault("AMENT_PREFIX_PATH", os.environ.get("VIRTUAL_ENV", ""))
-        try:
-            candidates.append(Path(get_package_share_directory(PACKAGE)) / "models" / DEFAULT_MODEL_NAME)
-        except (PackageNotFoundError, ValueError, LookupError):
-            pass
-    except ImportError:  # ament_index_python is optional where the package runs from a checkout
-        pass
-    candidates.append(Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME)
-    for path in candidates:
-        if path.exists():
-            return path
-    return candidates[-1]
+        share = Path(get_package_share_directory(PACKAGE)) / "models" / DEFAULT_MODEL_NAME
+        if share.is_file():
+            return share
+    except (ImportError, OSError, PackageNotFoundError, ValueError, LookupError):
+        pass  # no ament index here (pip install, source checkout): the asset lookup below covers it
+    return assets.default_model_path()
 
 
 def on_set_parameters(params: list[Parameter]) -> SetParametersResult:

@@ -212,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, helptext in (("sessions", "two sessions of one town on different days -> ROS 2 bags + ground truth"),
                            ("preview", "PNG: town map with routes and gt loops + contact sheet")):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("--out", required=True, help="output directory" if name == "sessions" else "output PNG")
+        s.add_argument("--out", required=True, help="output directory" if name == "sessions" else "output PNG (or a folder: <folder>/preview.png)")
         s.add_argument("--town", type=int, default=950, help="town seed (950..999)")
         s.add_argument("--seeds", nargs=2, type=int, default=[1, 2], help="session seeds")
         s.add_argument("--conditions", nargs=2, default=["day", "dusk"], choices=list(CONDITIONS))
