@@ -56,10 +56,10 @@ def _frames(size_hw: tuple[int, int], n: int, seed: int, shift_m: float = 0.0):
 
 
 class _Bench:
-    def __init__(self, model: Path, workdir: Path) -> None:
+    def __init__(self, model: Path, workdir: Path, large_data: bool) -> None:
         from clino_vpr_ros.ros.harness import fresh_domain_id
 
-        self.model, self.workdir = model, workdir
+        self.model, self.workdir, self.large_data = model, workdir, large_data
         self.domain = fresh_domain_id()
 
     def start(self, name: str, **params):
@@ -67,8 +67,9 @@ class _Bench:
 
         base = {"model_path": str(self.model), "session_id": name, "map_path": str(self.workdir / f"{name}.npz"),
                 "diagnostics_period_s": 0.1, "autosave_period_s": 0.0}
-        node = NodeProcess(self.domain, self.workdir / f"{name}.log", params={**base, **params})
-        client = NodeClient(self.domain, depth=10, session_id=name)
+        node = NodeProcess(self.domain, self.workdir / f"{name}.log", params={**base, **params},
+                           large_data=self.large_data)
+        client = NodeClient(self.domain, depth=10, session_id=name, large_data=self.large_data)
         client.wait_for_node(node, odom=params.get("use_odom", True), camera_info=params.get("use_camera_info", True))
         return node, client
 
@@ -209,13 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-seconds", type=float, default=4.0, help="seconds per rate")
     ap.add_argument("--long-frames", type=int, default=1000, help="frames of the memory replay")
     ap.add_argument("--workdir", type=Path, default=None, help="where logs and maps go (default: a temp dir)")
+    ap.add_argument("--default-transports", action="store_true",
+                    help="Fast DDS default transports instead of FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (what a robot "
+                         "streaming 640x480+ images should set; without it odometry next to the images gets lost)")
     args = ap.parse_args(argv)
     if not args.model.exists():
         print(f"model {args.model} not found: pass --model (an ONNX file from `clino-vpr export`)")
         return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clino_vpr_bench_node_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    bench = _Bench(args.model, workdir)
+    bench = _Bench(args.model, workdir, large_data=not args.default_transports)
     results: dict[str, str] = {}
 
     _latency(bench, (480, 640), args.latency_frames, results)
@@ -238,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     _memory(bench, args.long_frames, results)
 
     width = max(len(k) for k in results)
-    print(f"\nclino-vpr bench node  (model {args.model.name}, logs in {workdir})")
+    transports = "default" if args.default_transports else "LARGE_DATA"
+    print(f"\nclino-vpr bench node  (model {args.model.name}, Fast DDS transports {transports}, logs in {workdir})")
     print("-" * (width + 30))
     for k, v in results.items():
         print(f"{k:<{width}}  {v}")

@@ -112,11 +112,11 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("image_qos_depth", int, 2, "History depth (KEEP_LAST) of the image subscriptions; inference keeps "
               "only the newest frame anyway.", range=(1, 100)),
     ParamSpec("side_qos_reliability", str, "reliable", "Reliability of the camera_info and odom subscriptions. "
-              "reliable (default): next to large image traffic best-effort odometry lost about half its messages "
-              "in our tests; set best_effort for a best-effort odometry / camera_info publisher.",
+              "reliable (default) matches the usual odometry publishers; set best_effort for a best-effort "
+              "odometry / camera_info publisher (a reliable subscription does not match it).",
               choices=("reliable", "best_effort")),
     ParamSpec("use_camera_info", bool, True, "Subscribe `camera_info` for intrinsics; without a calibrated K, "
-              "closures cannot be geometrically verified."),
+              "closures are verified with a fundamental matrix only (no relative pose)."),
     ParamSpec("use_odom", bool, True, "Subscribe `odom` (nav_msgs/Odometry) to pose keyframes (motion-based "
               "keyframes, closure poses, markers)."),
     ParamSpec("use_depth", bool, False, "Subscribe `depth` (sensor_msgs/Image 16UC1 mm or 32FC1 m, registered to "
