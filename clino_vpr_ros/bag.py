@@ -225,7 +225,8 @@ def write_closures_bag(closures: Sequence[LoopClosure], path: Path, typestore: A
 
 
 def _edge(c: LoopClosure, T: Any) -> Any:
-    """LoopClosure -> nav_msgs/Odometry with the node's field mapping (docs/ros_interface.md)."""
+    """LoopClosure -> nav_msgs/Odometry with the node's field mapping (docs/ros_interface.md,
+    ``clino_vpr_ros.ros.messages.closure_to_odometry``)."""
     stamp = T["builtin_interfaces/msg/Time"](sec=int(c.query_stamp), nanosec=int(round((c.query_stamp % 1) * 1e9)) % 10**9)
     header = T["std_msgs/msg/Header"](stamp=stamp, frame_id=f"{c.query_session}/{int(c.query_id)}")
     pose_T = np.asarray(c.T_query_match, np.float64) if c.verified else np.eye(4)
@@ -234,8 +235,10 @@ def _edge(c: LoopClosure, T: Any) -> Any:
     pose = T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](*pose_T[:3, 3]),
                                        orientation=T["geometry_msgs/msg/Quaternion"](*q))
     vec = T["geometry_msgs/msg/Vector3"]
-    twist = T["geometry_msgs/msg/TwistWithCovariance"](
-        twist=T["geometry_msgs/msg/Twist"](linear=vec(0.0, 0.0, 0.0), angular=vec(0.0, 0.0, 0.0)), covariance=np.zeros(36))
+    # an edge has no velocity: twist.twist carries the closure's scalars, as the node publishes them
+    scalars = T["geometry_msgs/msg/Twist"](linear=vec(float(c.match_stamp), float(c.score), float(c.inliers)),
+                                           angular=vec(float(c.verified), float(c.metric), 0.0))
+    twist = T["geometry_msgs/msg/TwistWithCovariance"](twist=scalars, covariance=np.zeros(36))
     return T["nav_msgs/msg/Odometry"](
         header=header, child_frame_id=f"{c.match_session}/{int(c.match_id)}",
         pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=cov), twist=twist)

@@ -443,6 +443,7 @@ def evaluate_closures(
     max_yaw_deg: float | None = None,
     stamp_tol_s: float = 0.1,
     verified_only: bool = False,
+    queried: dict[str, np.ndarray] | None = None,
 ) -> PRResult:
     """PR of a closures table (see :func:`read_closures_csv`) against session ground-truth folders.
 
@@ -451,7 +452,9 @@ def evaluate_closures(
     ground truth's own loop definition (``session.json`` ``gt_loop_params``). The recall denominator is
     the number of ground-truth loop queries: frames with a true earlier visit in their own session
     (``loops.csv``) or, given several folders in mapping order, in an earlier session. A single
-    folder serves any session name.
+    folder serves any session name. ``queried`` (session name -> stamps of the frames the pipeline
+    actually queried, e.g. its keyframes) restricts that denominator to those frames: a pipeline that
+    queries one frame in three can only recall those.
     """
     if not groundtruth:
         raise ValueError("at least one ground-truth session folder is needed")
@@ -477,7 +480,15 @@ def evaluate_closures(
         gaps.append(abs(gq.stamps[iq] - gm.stamps[im]) if gq is gm else np.inf)
         ids.append(f"{gq.name}#{iq}")
     cross = _cross_session_queries(gts, radius_m, max_yaw_deg)
-    n_gt = int(sum((g.loop_query | c).sum() for g, c in zip(gts, cross)))
+    loop_queries = [g.loop_query | c for g, c in zip(gts, cross)]
+    if queried is not None:
+        for g, mask in zip(gts, loop_queries):
+            was_queried = np.zeros(len(g.stamps), bool)
+            stamps = np.asarray(queried.get(g.name, []), np.float64)
+            if len(stamps):
+                was_queried[_frame_at(g.stamps, stamps, stamp_tol_s, g.name)] = True
+            mask &= was_queried
+    n_gt = int(sum(m.sum() for m in loop_queries))
     return loop_closure_pr(
         closures["score"][keep], np.reshape(q_xy, (-1, 2)), np.reshape(m_xy, (-1, 2)), np.array(ids, dtype=object),
         n_gt, np.array(gaps, np.float64), radius_m=radius_m, min_time_gap_s=min_time_gap_s,

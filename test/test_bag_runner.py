@@ -42,6 +42,10 @@ def test_bag_closures_are_right_and_written_as_the_node_publishes_them(session_d
     assert all(len(d) == 2 for d in lio), "LIO-SAM reads exactly [t_query, t_match]"
     np.testing.assert_allclose(np.array(lio), np.c_[table["query_stamp"], table["match_stamp"]], atol=1e-6)
     assert [e.header.frame_id for e in edges] == [f"bagtest/{c.query_id}" for c in res.closures]
+    # the edge carries what a pose-graph back end needs, as the node publishes it (docs/ros_interface.md)
+    np.testing.assert_allclose([e.twist.twist.linear.x for e in edges], table["match_stamp"], atol=1e-6)
+    np.testing.assert_allclose([e.twist.twist.linear.y for e in edges], table["score"], atol=1e-5)
+    assert all(e.twist.twist.angular.x == 1.0 and e.pose.covariance[0] > 0 for e in edges), "verified, with covariance"
     assert res.map is not None and res.map.is_file()
 
 

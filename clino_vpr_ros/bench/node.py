@@ -6,9 +6,10 @@ Measures, on generated drives (``clino_vpr_ros.synth``):
    publish -> ``loop_closures`` publish (frames that close a loop; a second session replayed
    against the first one's saved map, so closures come at a steady pace);
 2. node overhead: end-to-end latency minus the encoder time the node reports (/diagnostics);
-3. the highest input rate sustained without drops, worst case: every frame far enough apart in
-   time to be encoded (a camera at that rate with real stamps is cheaper: frames closer than the
-   keyframe interval are skipped before encoding);
+3. the highest input rate sustained without drops, "worst case": stamps 1 s apart so every frame
+   is encoded (``no_odometry`` preset: keyframes, which also pay local features, come from its
+   time / novelty triggers); a camera at that rate with real stamps is cheaper: frames closer than
+   the keyframe interval are skipped before encoding;
 4. drop behaviour at 30 Hz, 640x480, real 30 Hz stamps and worst case;
 5. resident memory of the node process over a long sped-up replay (keyframes keep growing).
 
