@@ -70,10 +70,10 @@ class KeyframeSelector:
     def motion_triggered(self, odom_T_base: np.ndarray | None) -> bool | None:
         """True/False when motion thresholds can be evaluated, None otherwise."""
         cfg = self.cfg
-        if odom_T_base is None or self._last_pose is None:
+        if odom_T_base is None or (cfg.min_distance_m is None and cfg.min_rotation_deg is None):
             return None
-        if cfg.min_distance_m is None and cfg.min_rotation_deg is None:
-            return None
+        if self._last_pose is None:
+            return True  # the first posed frame anchors the motion reference (odometry came up late)
         delta = np.linalg.inv(self._last_pose) @ odom_T_base
         if cfg.min_distance_m is not None and np.linalg.norm(delta[:3, 3]) >= cfg.min_distance_m:
             return True

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clino_vpr_ros.engine import EngineConfig, FrameInput, FrameResult, LoopClosureEngine
+from clino_vpr_ros.preprocess import to_rgb8
 from clino_vpr_ros.verify import to_gray
 
 if TYPE_CHECKING:  # the runtime module pulls in onnxruntime; only needed by from_files
@@ -69,15 +70,18 @@ class LoopClosurePipeline:
         """One camera frame.
 
         Args:
-            stamp: seconds. image: uint8 (H,W,3|4) or (H,W) in ``encoding`` (rgb8, bgr8, rgba8,
-            bgra8, mono8). K: float64 (3,3) of this image. odom_T_base: float64 (4,4).
+            stamp: seconds. image: in ``encoding``, any of ``preprocess.SUPPORTED_ENCODINGS``
+            (uint8 (H,W,3|4) colour, (H,W) or (H,W,1) mono8/Bayer, uint16 mono16). K: float64 (3,3) of this image. odom_T_base: float64 (4,4).
             depth: float32 (H,W) metres aligned with the image.
         """
         t0 = time.perf_counter()
         if self.skip_early_frames and not self.engine.wants_frame(stamp):
             return PipelineResult(FrameResult(False, -1, []), None, None, 0.0, (time.perf_counter() - t0) * 1e3)
-        descriptor, mask = self.encoder.encode_one(image, encoding=encoding)
+        # one conversion serves both: the encoder and the local features see the same 8-bit RGB
+        # (local features on a raw Bayer mosaic would match the pattern, not the scene)
+        rgb = to_rgb8(image, encoding)
+        descriptor, mask = self.encoder.encode_one(rgb, encoding="rgb8")
         t1 = time.perf_counter()
-        gray = to_gray(image, encoding if image.ndim == 3 else "rgb8")
+        gray = to_gray(rgb, "rgb8")
         result = self.engine.process(FrameInput(stamp, descriptor, gray, K, odom_T_base, depth))
         return PipelineResult(result, descriptor, mask, (t1 - t0) * 1e3, (time.perf_counter() - t0) * 1e3)

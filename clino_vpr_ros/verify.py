@@ -11,6 +11,8 @@ choosing the strongest model the data allows:
   6-DoF pose;
 * intrinsics known, no depth -> essential matrix (USAC_MAGSAC or RANSAC) + ``recoverPose``:
   rotation and translation *direction* (unit norm, ``metric=False``);
+* intrinsics known, no baseline (the same pose twice) -> rotation-only model (the essential matrix
+  is degenerate there): rotation, zero translation, ``metric=False``;
 * no intrinsics -> fundamental matrix: epipolar inliers only; the pose is identity with an
   "unconstrained" covariance (the closure says "same place", not "this relative pose").
 
@@ -312,9 +314,37 @@ def _verify_essential(q: LocalFeatures, Kq: np.ndarray, m: LocalFeatures, Km: np
     den = Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2
     rms = float(np.sqrt(np.mean(num / np.maximum(den, 1e-18)))) * focal if inl.any() else 0.0
     n = int(inl.sum())
+    if n < cfg.min_inliers:  # E is degenerate without a baseline: try the rotation-only model
+        rotation_only = _verify_rotation_only(xm, xq, len(pairs), focal, cfg)
+        if rotation_only.accepted:
+            return rotation_only
     accepted = n >= cfg.min_inliers
     reason = "" if accepted else f"{n} essential-matrix inliers < min_inliers {cfg.min_inliers}"
     return Verification(accepted, n, len(pairs), _pose(R, t), False, _covariance(cfg, focal, rms, n, None), "essential", reason)
+
+
+def _verify_rotation_only(xm: np.ndarray, xq: np.ndarray, n_matches: int, focal: float, cfg: VerifyConfig) -> Verification:
+    """Zero-baseline views (the robot stood still, or came back to the very same pose).
+
+    The essential matrix is undefined without a baseline and ``recoverPose`` finds no point in front
+    of both cameras, so the strongest true revisit would be rejected. A pure rotation maps the
+    normalised points of one view onto the other (xq ~ R xm): 3 DoF, stricter than E's 5.
+    Translation is reported as zero with the non-metric (scale-free) translation sigma.
+    """
+    H, _ = cv2.findHomography(xm, xq, cv2.RANSAC, cfg.ransac_threshold_px / focal)
+    if H is None:
+        return _rejected(n_matches, 0, "rotation", "rotation-only model estimation failed")
+    U, _, Vt = np.linalg.svd(H)
+    R = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt  # nearest rotation to H (up to scale)
+    proj = np.c_[xm, np.ones(len(xm))] @ R.T
+    err_px = np.linalg.norm(proj[:, :2] / proj[:, 2:3] - xq, axis=1) * focal
+    inl = (proj[:, 2] > 0) & (err_px < cfg.ransac_threshold_px)
+    n = int(inl.sum())
+    accepted = n >= cfg.min_inliers
+    rms = float(np.sqrt(np.mean(err_px[inl] ** 2))) if n else 0.0
+    reason = "" if accepted else f"{n} rotation-only inliers < min_inliers {cfg.min_inliers}"
+    return Verification(accepted, n, n_matches, _pose(R, np.zeros(3)), False, _covariance(cfg, focal, rms, n, None),
+                        "rotation", reason)
 
 
 def _verify_fundamental(q: LocalFeatures, m: LocalFeatures, pairs: np.ndarray, cfg: VerifyConfig) -> Verification:

@@ -31,6 +31,16 @@ def test_keyframes_by_time_motion_and_novelty() -> None:
     assert [no_odom.accept(t, d[0]) for t in (0.0, 0.4, 1.0, 1.5, 2.1)] == [True, False, True, False, True]
 
 
+def test_keyframes_keep_coming_when_odometry_starts_after_the_first_keyframe() -> None:
+    """A robot whose odometry comes up late must not be stuck at one keyframe."""
+    d = _unit(np.random.default_rng(1), 1, 16)[0]
+    sel = KeyframeSelector(KeyframeConfig(min_interval_s=1.0, min_distance_m=1.0, novelty_threshold=0.9))
+    assert sel.accept(0.0, d)  # first frame, no pose yet
+    assert sel.accept(1.0, d, base_pose(0, 0, 0))  # first pose: anchors the motion reference
+    accepted = [sel.accept(1.0 + t, d, base_pose(2.0 * t, 0, 0)) for t in range(1, 6)]
+    assert accepted == [True] * 5, "driving 2 m per second must keep making keyframes"
+
+
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_index_excludes_the_recent_past_and_maps_ids(kind: str) -> None:
     rng = np.random.default_rng(1)

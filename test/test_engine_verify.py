@@ -50,6 +50,21 @@ def test_true_revisit_without_depth_gives_rotation_and_direction(room_pair) -> N
     assert no_K.accepted and no_K.method == "fundamental" and not no_K.metric
 
 
+def test_the_same_pose_twice_is_accepted_with_its_rotation(room_pair) -> None:
+    """No baseline (a robot that stood still, or came back to the exact pose): E is degenerate."""
+    room, (rq, _), _, _ = room_pair
+    # the camera turned 8 deg about its own centre (yaw: about the optical y axis, pointing down)
+    c, s_ = np.cos(np.radians(-8.0)), np.sin(np.radians(-8.0))
+    cam_turn = np.array([[c, 0, s_, 0], [0, 1, 0, 0], [-s_, 0, c, 0], [0, 0, 0, 1.0]])
+    turned_base = base_pose(0.0, 0.0, 0.0) @ BASE_T_CAMERA @ cam_turn @ np.linalg.inv(BASE_T_CAMERA)
+    turned = room.render(turned_base)[0]
+    for other, yaw in ((rq, 0.0), (turned, 8.0)):
+        v = verify_pair(extract_features(to_gray(rq)), room.K, extract_features(to_gray(other)), room.K)
+        assert v.accepted and v.method in ("essential", "rotation") and not v.metric, v.reason
+        T, _ = camera_to_base(v, BASE_T_CAMERA, BASE_T_CAMERA)
+        assert _rot_err_deg(T[:3, :3], base_pose(0.0, 0.0, yaw)[:3, :3]) < 1.0
+
+
 def test_wrong_pair_is_rejected(room_pair) -> None:
     room, (rq, dq), _, _ = room_pair
     other = Room(5, width=320, height_px=240)  # same geometry, other textures

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[2]
+from clino_vpr_ros.assets import default_model_path
 
 
 def _rss_mib(pid: int) -> float:
@@ -205,7 +205,7 @@ def _memory(bench: _Bench, n_frames: int, results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="clino-vpr bench node", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=REPO / "models" / "clino-vpr-tiny.onnx", help="ONNX encoder")
+    ap.add_argument("--model", type=Path, default=default_model_path(), help="ONNX encoder (default: the shipped model)")
     ap.add_argument("--latency-frames", type=int, default=60, help="frames per session of the latency run")
     ap.add_argument("--rates", type=str, default="1,2,3,5,10,20,30", help="input rates (Hz) tried for the no-drop test")
     ap.add_argument("--rate-seconds", type=float, default=4.0, help="seconds per rate")

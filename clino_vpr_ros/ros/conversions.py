@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 from builtin_interfaces.msg import Time
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from clino_vpr_ros import image_msg
-from clino_vpr_ros.preprocess import to_rgb8
 
 #: the encodings accepted on ``image`` / ``depth`` and the largest image side (shared with the bag runner)
 IMAGE_LAYOUTS, DEPTH_LAYOUTS, MAX_SIDE = image_msg.IMAGE_LAYOUTS, image_msg.DEPTH_LAYOUTS, image_msg.MAX_SIDE
@@ -44,20 +44,6 @@ def image_to_numpy(msg: Image) -> tuple[np.ndarray, str]:
     shorter than a row, or a data length other than step*height.
     """
     return image_msg.decode_image(msg)
-
-
-def for_pipeline(image: np.ndarray, encoding: str) -> tuple[np.ndarray, str]:
-    """Hand the pipeline an image it takes as is: colour (H, W, 3|4) uint8, or mono8 as (H, W).
-
-    mono16 and Bayer frames go through the shared preprocessing policy (``preprocess.to_rgb8``:
-    linear 16->8 bit, OpenCV demosaicing) once here, so encoder and local features see the same
-    8-bit RGB image (local features on a raw Bayer mosaic would match the pattern, not the scene).
-    """
-    if encoding == "mono8":
-        return image.reshape(image.shape[:2]), encoding
-    if encoding == "mono16" or encoding.startswith("bayer_"):
-        return to_rgb8(image, encoding), "rgb8"
-    return image, encoding
 
 
 def depth_to_numpy(msg: Image) -> np.ndarray:
@@ -92,35 +78,12 @@ def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
     norm = np.linalg.norm(q)
     if not np.isfinite(norm) or norm < 1e-9:
         raise ValueError(f"quaternion {q.tolist()} has no rotation (norm {norm}); expected a unit quaternion")
-    x, y, z, w = q / norm
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+    return Rotation.from_quat(q).as_matrix()
 
 
 def matrix_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
-    """float (3, 3) rotation -> unit quaternion (x, y, z, w) with w >= 0 (Shepperd's method)."""
-    R = np.asarray(R, dtype=np.float64)
-    trace = R[0, 0] + R[1, 1] + R[2, 2]
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
-    else:
-        i = int(np.argmax(np.diag(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(max(1.0 + R[i, i] - R[j, j] - R[k, k], 1e-12))
-        q = [0.0, 0.0, 0.0, (R[k, j] - R[j, k]) / s]
-        q[i] = 0.25 * s
-        q[j] = (R[j, i] + R[i, j]) / s
-        q[k] = (R[k, i] + R[i, k]) / s
-    q = np.array(q) / np.linalg.norm(q)
-    if q[3] < 0:
-        q = -q
-    return float(q[0]), float(q[1]), float(q[2]), float(q[3])
+    """float (3, 3) rotation -> unit quaternion (x, y, z, w) with w >= 0."""
+    return tuple(float(v) for v in Rotation.from_matrix(np.asarray(R, dtype=np.float64)).as_quat(canonical=True))
 
 
 def pose_to_matrix(position, orientation) -> np.ndarray:

@@ -94,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     with NodeClient(domain) as client:
         map1 = run_session(client, domain, s1, out, model, [], args.rate)
         map2 = run_session(client, domain, s2, out, model, [map1], args.rate)
-        with client._lock:
-            received = list(zip(client.received.lio, client.received.closures))
-    closures = [closure_from_messages(lio, edge) for (_, lio), (_, edge) in received]
+        received = client.closure_pairs()
+    closures = [closure_from_messages(lio, edge) for lio, edge in received]
     table = {k: np.array([c[k] for c in closures], dtype=object if "session" in k else np.float64)
              for k in ("query_stamp", "match_stamp", "query_session", "match_session", "score")}
     table["verified"] = np.array([c["verified"] for c in closures], bool)

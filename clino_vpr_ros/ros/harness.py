@@ -30,10 +30,10 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from clino_vpr_ros.assets import find_asset
 from clino_vpr_ros.ros import conversions, messages
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_PARAMS = REPO / "config" / "clino_vpr.yaml"
+DEFAULT_PARAMS = find_asset("config/clino_vpr.yaml")
 
 
 def fresh_domain_id() -> int:
@@ -90,7 +90,7 @@ class NodeProcess:
             env.update(LARGE_DATA_ENV)
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         _LIVE.add(self)
 
@@ -198,6 +198,11 @@ class NodeClient:
     def _on_mask(self, msg: Image) -> None:
         with self._lock:
             self.received.masks.append((time.monotonic(), msg))
+
+    def closure_pairs(self) -> list[tuple[list[float], Odometry]]:
+        """(loop_closure_detection data, loop_closures edge) of every closure received, in order."""
+        with self._lock:
+            return [(data, edge) for (_, data), (_, edge) in zip(self.received.lio, self.received.closures)]
 
     def last_diagnostics(self) -> dict[str, str]:
         with self._lock:

@@ -330,7 +330,6 @@ class ClinoVprNode(Node):
             image, encoding = conversions.compressed_to_numpy(msg)
         else:
             image, encoding = conversions.image_to_numpy(msg)
-        image, encoding = conversions.for_pipeline(image, encoding)
         stamp = conversions.stamp_to_sec(msg.header.stamp)
         odom_T_base = self._pose_at(stamp)
         if odom_T_base is None and self.p.use_odom and not self._odom.seen():
