@@ -1,7 +1,6 @@
 """End to end: ONNX encoder + engine on held-out synthetic sequences with ground truth.
 
-Uses the shipped ``models/clino-vpr-tiny.onnx`` when it exists, otherwise a randomly initialised
-tiny encoder exported here (its retrieval is weak, so geometric verification carries precision).
+Uses the shipped ``models/clino-vpr-tiny.onnx``, as a robot would.
 
 A published closure is correct when what a back end would use agrees with ground truth: for a
 metric closure the relative pose (translation error < 1 m, rotation error < 5 deg; two views of
@@ -26,25 +25,14 @@ from clino_vpr_ros.session_map import SessionMap, SessionMapBuilder
 from clino_vpr_ros.synth import CONDITIONS, SessionConfig, TownConfig, generate_session, generate_town
 
 log = logging.getLogger(__name__)
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "clino-vpr-tiny.onnx"
 HELD_OUT_TOWN = 9001  # not a training town
 TRUE_RADIUS_M = 8.0  # a closure is true when the two keyframes are this close (and face alike)
 TRUE_YAW_DEG = 30.0
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if SHIPPED_MODEL.exists():
-        return SHIPPED_MODEL
-    import torch
-
-    from clino_vpr_ros.config import get_model_config
-    from clino_vpr_ros.export import export_onnx
-    from clino_vpr_ros.model import build_encoder
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    return export_onnx(build_encoder(get_model_config("tiny")), tmp_path_factory.mktemp("model") / "random-tiny.onnx")
+def model_path(shipped_model: Path) -> Path:
+    return shipped_model
 
 
 def _run(pipe: LoopClosurePipeline, s) -> tuple[dict[int, int], list[LoopClosure]]:

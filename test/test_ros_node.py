@@ -23,8 +23,6 @@ from clino_vpr_ros.ros.messages import closure_from_messages
 from clino_vpr_ros.session_map import SessionMap
 from clino_vpr_ros.synth import CONDITIONS, SessionConfig, generate_session, generate_town, pose2d
 
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL = ROOT / "models" / "clino-vpr-tiny.onnx"
 RATE_HZ = 2.0
 N_FRAMES = 128  # one 334 m lap is ~96 frames at 7 m/s and 2 Hz: the last ~30 frames revisit the start
 DAY2_FRAMES = 40
@@ -34,18 +32,9 @@ DAY2_SHIFT_M = 1.0
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The trained shipped model when present; otherwise a freshly exported (untrained) tiny encoder."""
-    if SHIPPED_MODEL.exists():
-        return SHIPPED_MODEL
-    import torch
-
-    from clino_vpr_ros.config import get_model_config
-    from clino_vpr_ros.export import export_onnx
-    from clino_vpr_ros.model import build_encoder
-
-    torch.manual_seed(0)
-    return export_onnx(build_encoder(get_model_config("tiny")), tmp_path_factory.mktemp("model") / "tiny.onnx")
+def model_path(shipped_model: Path) -> Path:
+    """The trained shipped model, as a robot runs it (right pairs are a property of the trained encoder)."""
+    return shipped_model
 
 
 @pytest.fixture(scope="module")
@@ -221,10 +210,9 @@ def test_revisit_yields_right_loop_closures_in_lio_sam_and_odometry_form(domain,
             c = closure_from_messages(data, odom)  # raises unless both messages describe one closure
             assert c["query_session"] == c["match_session"] == LOOP and c["verified"] and c["inliers"] > 0
             assert c["covariance"] is not None  # verified closures only: a real covariance
-        if model_path == SHIPPED_MODEL:  # right pairs, none false: a property of the trained encoder
-            false = [(q, m) for q, m in ((_frame_of(s, d[0]), _frame_of(s, d[1])) for _, d in lio)
-                     if not _is_true_pair(s, q, m)]
-            assert not false, f"false closures (query frame, match frame): {false}"
+        false = [(q, m) for q, m in ((_frame_of(s, d[0]), _frame_of(s, d[1])) for _, d in lio)
+                 if not _is_true_pair(s, q, m)]
+        assert not false, f"false closures (query frame, match frame): {false}"
         # RViz: the latched array holds one line per closure between posed keyframes
         client.wait_until(lambda: _marker_lines(client) >= 1, 10, "closure markers", node)
         assert _marker_lines(client) <= len(lio)
@@ -260,8 +248,7 @@ def test_saved_map_gives_inter_session_closures_after_restart_and_sigterm_saves(
             c = closure_from_messages(data, msg)
             assert (c["query_session"], c["match_session"]) == (DAY2, DAY1) and c["covariance"] is not None
             assert c["match_stamp"] == pytest.approx(saved.stamps[list(saved.ids).index(c["match_id"])])
-            if model_path == SHIPPED_MODEL:
-                assert _is_true_pair(s, _frame_of(s, c["query_stamp"], 86400.0), _frame_of(s, c["match_stamp"]))
+            assert _is_true_pair(s, _frame_of(s, c["query_stamp"], 86400.0), _frame_of(s, c["match_stamp"]))
         n_day2 = client.counter("engine_keyframes")
     finally:
         client.close()

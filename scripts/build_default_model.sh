@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Rebuilds the shipped default model models/clino-vpr-tiny.onnx from nothing, and measures it.
+# Every step is one clino-vpr command; seeds are fixed. CPU: about an hour on 2 cores (two trainings).
+# Usage: bash scripts/build_default_model.sh [WORKDIR]   (default WORKDIR: runs/default_model)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .venv/bin/activate
+W=${1:-runs/default_model}
+mkdir -p "$W"
+export OMP_NUM_THREADS=1
+# 1. data: 10 training towns (seeds 0-9, 160 places x 4 images), a validation town (901), 3 held-out
+#    evaluation towns (900, 902, 903), all at the sessions' 240x320 (the model resizes to 112x112)
+[ -d "$W/gsv" ] || clino-vpr synth gsv --out "$W/gsv" --towns 0 1 2 3 4 5 6 7 8 9 --places 160 --size 240 320
+for t in 901 900 902 903; do
+  [ -d "$W/eval$t" ] || clino-vpr synth eval --out "$W/eval$t" --town $t --places $([ $t = 901 ] && echo 120 || echo 150) --size 240 320
+done
+# 2. train the gated model and the no-gate ablation on the same budget (run them side by side)
+COMMON="--data $W/gsv --val $W/eval901/synth0901_cross --preset tiny --epochs 16 --batch-places 32 -K 4
+        --lr 1e-3 --lr-decay-iters 800 --lr-end-factor 0.05 --augment --seed 0 --threads 1"
+clino-vpr train $COMMON --out "$W/tiny_gate" &
+clino-vpr train $COMMON --no-gate --out "$W/tiny_nogate" &
+wait
+# 3. export (parity-checked) and evaluate on the held-out towns
+clino-vpr export --checkpoint "$W/tiny_gate/best.safetensors" --out "$W/clino-vpr-tiny.onnx"
+clino-vpr export --checkpoint "$W/tiny_nogate/best.safetensors" --out "$W/clino-vpr-tiny-nogate.onnx"
+for m in clino-vpr-tiny clino-vpr-tiny-nogate; do
+  for t in 900 902 903; do for c in same cross; do
+    clino-vpr eval recall --model "$W/$m.onnx" --data "$W/eval$t/synth0${t}_$c" --out "$W/$m.eval$t.$c.json"
+  done; done
+done
+# 4. loop closure on held-out sequences (town 960: two sessions, day and dusk)
+[ -d "$W/seq960" ] || clino-vpr synth sessions --town 960 --out "$W/seq960"
+clino-vpr bag "$W/seq960/s1" --model "$W/clino-vpr-tiny.onnx" --out "$W/seq960/s1_closures" --save-map "$W/seq960/s1.map"
+clino-vpr bag "$W/seq960/s2" --model "$W/clino-vpr-tiny.onnx" --out "$W/seq960/s2_closures" \
+    --prior-map "$W/seq960/s1.map" --groundtruth "$W/seq960/s1" --groundtruth "$W/seq960/s2"
+echo "built $W/clino-vpr-tiny.onnx; copy it to models/ and update models/README.md with the figures above"
