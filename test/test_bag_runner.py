@@ -9,16 +9,16 @@ import pytest
 
 from clino_vpr_ros.bag import BagRunConfig, main, run_bag
 from clino_vpr_ros.evaluate import evaluate_closures, read_closures_csv
-from clino_vpr_ros.synth import CONDITIONS, SessionConfig, generate_session, generate_town
+from clino_vpr_ros.synth.cli import two_sessions
 from clino_vpr_ros.synth.writers import write_bag
 
-HELD_OUT_TOWN = 9003  # never a training town (training used 0..99)
+HELD_OUT_TOWN = 950  # the demo's town; never a training town (training used 0..99)
 
 
 @pytest.fixture(scope="module")
 def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    session = generate_session(generate_town(HELD_OUT_TOWN), "bagtest", 5, CONDITIONS["day"],
-                               SessionConfig(image_size=(240, 320), n_frames=240))
+    """The demo's first session (a lap of a block and back to the start) as a bag of JPEG frames."""
+    session, _ = two_sessions(HELD_OUT_TOWN)
     assert len(session.gt_loop_pairs()) > 0, "the generated route must revisit places"
     return write_bag(session, tmp_path_factory.mktemp("bag") / "bagtest", compressed=True, progress=False)
 
@@ -41,7 +41,7 @@ def test_bag_closures_are_right_and_written_as_the_node_publishes_them(session_d
         edges = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/loop_closures"]
     assert all(len(d) == 2 for d in lio), "LIO-SAM reads exactly [t_query, t_match]"
     np.testing.assert_allclose(np.array(lio), np.c_[table["query_stamp"], table["match_stamp"]], atol=1e-6)
-    assert [e.header.frame_id for e in edges] == [f"bagtest/{c.query_id}" for c in res.closures]
+    assert [e.header.frame_id for e in edges] == [f"s1/{c.query_id}" for c in res.closures]
     # the edge carries what a pose-graph back end needs, as the node publishes it (docs/ros_interface.md)
     np.testing.assert_allclose([e.twist.twist.linear.x for e in edges], table["match_stamp"], atol=1e-6)
     np.testing.assert_allclose([e.twist.twist.linear.y for e in edges], table["score"], atol=1e-5)
