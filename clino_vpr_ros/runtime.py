@@ -2,7 +2,7 @@
 
 Usage::
 
-    enc = RuntimeEncoder("models/clino_vpr_tiny.onnx")
+    enc = RuntimeEncoder("models/clino-vpr-tiny.onnx")
     out = enc.encode([frame_bgr], encoding="bgr8")   # out.descriptors (1, D), out.masks (1, 1, h, w)
 
 Images go through :func:`clino_vpr_ros.preprocess.to_model_input` (the shared resize policy); the

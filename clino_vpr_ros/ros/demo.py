@@ -54,7 +54,7 @@ def play(client: NodeClient, node: NodeProcess, session: Session, rate_hz: float
 def run_session(client: NodeClient, domain: int, session: Session, out: Path, model: Path,
                 priors: list[Path], rate_hz: float) -> Path:
     """One node process for one session: play, save through the service, stop. Returns the map path."""
-    map_path = out / f"{session.session_id}.map"
+    map_path = out / f"{session.session_id}.npz"
     params = {"model_path": str(model), "session_id": session.session_id, "map_path": str(map_path),
               "base_T_camera": _xyzquat(session.base_T_camera)}
     if priors:
