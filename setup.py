@@ -1,4 +1,4 @@
-"""ament_python package clino_vpr_ros. The version lives in clino_vpr_ros/__init__.py only."""
+"""ament_python package clino_vpr_ros. The version lives in package.xml only (ROS requires it there)."""
 
 import re
 from glob import glob
@@ -8,7 +8,7 @@ from setuptools import find_packages, setup
 
 PACKAGE = "clino_vpr_ros"
 HERE = Path(__file__).parent
-VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / PACKAGE / "__init__.py").read_text()).group(1)
+VERSION = re.search(r"<version>([^<]+)</version>", (HERE / "package.xml").read_text()).group(1)
 
 # Robot runtime: no torch. Training/export side: torch and friends. ROS from wheels where no
 # ROS 2 install exists (on a robot with ROS 2 installed from apt, skip the `ros` extra).
