@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import os
 import shutil
@@ -76,6 +77,8 @@ def _pose(p: Any) -> np.ndarray:
     T = np.eye(4)
     T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
     T[:3, 3] = [t.x, t.y, t.z]
+    if not np.all(np.isfinite(T)):
+        raise ValueError(f"pose has non-finite values: {T[:3, 3].tolist()}, quaternion {[q.x, q.y, q.z, q.w]}")
     return T
 
 
@@ -93,7 +96,7 @@ def _pick_topic(connections: Sequence[Any], msgtypes: Sequence[str], wanted: str
     raise ValueError(f"bag has {len(topics)} {what} topics {topics}; choose one with --{what.replace(' ', '-')}-topic")
 
 
-def _static_transforms(reader: Any, typestore: Any) -> dict[tuple[str, str], np.ndarray]:
+def _static_transforms(reader: Any) -> dict[tuple[str, str], np.ndarray]:
     """(parent, child) -> parent_T_child from /tf_static."""
     conns = [c for c in reader.connections if c.msgtype == "tf2_msgs/msg/TFMessage" and c.topic == "/tf_static"]
     out = {}
@@ -104,24 +107,30 @@ def _static_transforms(reader: Any, typestore: Any) -> dict[tuple[str, str], np.
 
 
 def _session_meta(bag: Path) -> dict:
-    import json
-
     meta = bag.parent / "session.json"
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
 def _frames(reader: Any, image_topic: str, info_topic: str | None, odom_topic: str | None
             ) -> Iterator[tuple[float, np.ndarray | None, str, np.ndarray | None, np.ndarray | None, str]]:
-    """Yields (stamp, image or None if undecodable, encoding or error, K, odom_T_base, camera frame)."""
+    """Yields (stamp, image or None if undecodable, encoding or error, K, odom_T_base, camera frame).
+
+    K and odometry are the latest valid ones before the image in the bag's order; an invalid
+    CameraInfo or Odometry message is logged and the previous value kept.
+    """
     topics = {image_topic, info_topic, odom_topic} - {None}
     conns = [c for c in reader.connections if c.topic in topics]
     K, odom = None, None
     for conn, _, raw in reader.messages(connections=conns):
         msg = reader.deserialize(raw, conn.msgtype)
-        if conn.topic == info_topic:
-            K = intrinsics(msg.k)
-        elif conn.topic == odom_topic:
-            odom = _pose(msg.pose.pose)
+        if conn.topic in (info_topic, odom_topic):
+            try:
+                if conn.topic == info_topic:
+                    K = intrinsics(msg.k)
+                else:
+                    odom = _pose(msg.pose.pose)
+            except ValueError as exc:
+                log.warning("skipped a %s message at %.3f s: %s", conn.msgtype, _sec(msg.header.stamp), exc)
         else:
             try:
                 if conn.msgtype.endswith("CompressedImage"):
@@ -156,7 +165,7 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
         info_topic = _pick_topic(reader.connections, ["sensor_msgs/msg/CameraInfo"], cfg.camera_info_topic,
                                  "camera info", False)
         odom_topic = _pick_topic(reader.connections, ["nav_msgs/msg/Odometry"], cfg.odom_topic, "odom", False)
-        static = _static_transforms(reader, typestore)
+        static = _static_transforms(reader)
         pipeline = None
         n_images = sum(c.msgcount for c in reader.connections if c.topic == image_topic)
         for stamp, image, encoding, K, odom, cam_frame in tqdm(_frames(reader, image_topic, info_topic, odom_topic),
@@ -170,8 +179,13 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
                 pipeline = LoopClosurePipeline.from_files(
                     cfg.model, get_engine_config(cfg.engine_preset), session_id, cfg.prior_maps, base_T_camera,
                     cfg.providers)
+            try:
+                closures += pipeline.process(stamp, image, encoding, K, odom).frame_result.closures
+            except ValueError as exc:  # a frame the pipeline refuses (e.g. an image of another size than K)
+                skipped += 1
+                log.warning("skipped the image at %.3f s: %s", stamp, exc)
+                continue
             frames += 1
-            closures += pipeline.process(stamp, image, encoding, K, odom).frame_result.closures
     if pipeline is None:
         raise ValueError(f"{bag}: no decodable image on {image_topic}")
     out = Path(cfg.out)
