@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from clino_vpr_ros.engine import ENGINE_PRESETS, LoopClosure, get_engine_config
 from clino_vpr_ros.image_msg import decode_compressed, decode_image, intrinsics
 from clino_vpr_ros.assets import default_model_path
+from clino_vpr_ros.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -207,14 +208,11 @@ def _closure_row(c: LoopClosure) -> list:
 
 def write_closures_csv(closures: Sequence[LoopClosure], path: Path) -> Path:
     """One row per closure (CSV_COLUMNS; pose = T_query_match), written atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(_closure_row(c) for c in closures)
-    os.replace(tmp, path)
-    return path
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(_closure_row(c) for c in closures)
+    return atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
 
 
 def write_closures_bag(closures: Sequence[LoopClosure], path: Path, typestore: Any) -> Path:

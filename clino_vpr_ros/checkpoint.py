@@ -11,18 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from clino_vpr_ros import __version__
+from clino_vpr_ros.atomic import atomic_write
 from clino_vpr_ros.config import ModelConfig
 from clino_vpr_ros.model import GatedEncoder, build_encoder
 
@@ -85,16 +84,7 @@ def save_checkpoint(path: str | Path, model: GatedEncoder, extra: dict[str, Any]
         "package_version": __version__,
         "extra": extra_json,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared artefacts
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: f.write(save(tensors, metadata=metadata)))
     LOG.info("saved checkpoint %s (fingerprint %s)", path, metadata["fingerprint"])
     return path
 

@@ -12,14 +12,13 @@ import argparse
 import csv
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from clino_vpr_ros.atomic import atomic_write
 from clino_vpr_ros.datasets import DownloaderSet, load_model_inputs, read_downloader_set
 
 logger = logging.getLogger(__name__)
@@ -307,35 +306,18 @@ def pyplot_agg():
 
 
 def save_figure(fig, out_png: Path | str) -> Path:
-    """Write ``fig`` as PNG atomically (temp + os.replace), close it, return the path."""
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=out_png.stem, suffix=".png")
-    os.close(fd)
+    """Write ``fig`` as PNG atomically, close it, return the path."""
     try:
         fig.tight_layout()
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out_png)
+        return atomic_write(out_png, lambda f: fig.savefig(f, format="png"))
     finally:
         pyplot_agg().close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out_png
 
 
 def write_json_atomic(obj: Any, path: Path | str) -> Path:
-    """Write JSON atomically (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write JSON atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _json_default(x: Any) -> Any:

@@ -39,8 +39,10 @@ import gtsam
 import numpy as np
 from tqdm import tqdm
 
+from clino_vpr_ros.atomic import atomic_write
 from clino_vpr_ros.engine import ENGINE_PRESETS, EngineConfig, LoopClosure, LoopClosureEngine
-from clino_vpr_ros.session_map import SessionMap, atomic_write
+from clino_vpr_ros.keyframes import rotation_angle_deg
+from clino_vpr_ros.session_map import SessionMap
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +137,6 @@ def _collect(maps: Sequence[SessionMap]) -> _Keyframes:
     return kf
 
 
-def _rot_deg(R: np.ndarray) -> float:
-    return math.degrees(math.acos(min(1.0, max(-1.0, (np.trace(R) - 1.0) / 2.0))))
-
-
 def _proposal(kf: _Keyframes, c: LoopClosure, known: str) -> tuple[str, np.ndarray]:
     """(other session, known_T_other) proposed by one closure."""
     qi, mi = kf.key[(c.query_session, c.query_id)], kf.key[(c.match_session, c.match_id)]
@@ -149,7 +147,7 @@ def _proposal(kf: _Keyframes, c: LoopClosure, known: str) -> tuple[str, np.ndarr
 
 def _consensus(proposals: list[np.ndarray]) -> np.ndarray:
     def agree(a: np.ndarray, b: np.ndarray) -> bool:
-        return np.linalg.norm(a[:3, 3] - b[:3, 3]) < 1.0 and _rot_deg(a[:3, :3].T @ b[:3, :3]) < 5.0
+        return np.linalg.norm(a[:3, 3] - b[:3, 3]) < 1.0 and rotation_angle_deg(a[:3, :3].T @ b[:3, :3]) < 5.0
 
     votes = [sum(agree(p, q) for q in proposals) for p in proposals]
     return proposals[int(np.argmax(votes))]
@@ -287,7 +285,7 @@ def merge_sessions(maps: Sequence[SessionMap], closures: Sequence[LoopClosure], 
         inliers[i] = w > 0.5 if weights is not None else chi2 < cfg.inlier_chi2
         delta = np.linalg.inv(c.T_query_match) @ predicted.matrix()
         residuals.append(ClosureResidual(c.query_session, c.query_id, c.match_session, c.match_id, bool(inliers[i]), w,
-                                         float(np.linalg.norm(delta[:3, 3])), _rot_deg(delta[:3, :3]), chi2))
+                                         float(np.linalg.norm(delta[:3, 3])), rotation_angle_deg(delta[:3, :3]), chi2))
     fits = {s: _session_transform(kf, s, result) for s in sessions}
     # the graph frame is anchored at one keyframe; express every fit relative to the reference's own
     # fit so the reference is exactly identity even where the closures bent its chain a little

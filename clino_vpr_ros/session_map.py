@@ -33,13 +33,12 @@ import logging
 import os
 import time
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from clino_vpr_ros.atomic import atomic_write
 from clino_vpr_ros.verify import LocalFeatures, feature_width
 
 log = logging.getLogger(__name__)
@@ -50,28 +49,6 @@ _ARRAYS = (
     "ids", "stamps", "poses", "descriptors", "session_index", "intrinsics", "image_sizes",
     "feature_offsets", "keypoints", "feature_descriptors", "keypoint_depths",
 )
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file atomically: temp sibling -> fsync -> os.replace -> fsync of the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 @dataclass

@@ -24,9 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clino_vpr_ros.atomic import atomic_write
 from clino_vpr_ros.datasets import GSVCities, load_model_inputs, read_downloader_set
 from clino_vpr_ros.evaluate import DEFAULT_KS, evaluate_folder, write_json_atomic
 
@@ -243,14 +241,7 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _save_checkpoint(path: Path, model: torch.nn.Module, extra: dict[str, Any]) -> None:

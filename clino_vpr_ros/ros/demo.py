@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from clino_vpr_ros.assets import default_model_path
 from clino_vpr_ros.evaluate import evaluate_closures, plot_trajectories_with_closures
+from clino_vpr_ros.ros.conversions import matrix_to_quaternion
 from clino_vpr_ros.ros.harness import NodeClient, NodeProcess, fresh_domain_id
 from clino_vpr_ros.ros.messages import closure_from_messages
 from clino_vpr_ros.session_map import SessionMap
@@ -29,9 +30,8 @@ from clino_vpr_ros.synth.writers import write_bag
 
 
 def _xyzquat(T: np.ndarray) -> list[float]:
-    from scipy.spatial.transform import Rotation
-
-    return [*map(float, T[:3, 3]), *map(float, Rotation.from_matrix(T[:3, :3]).as_quat())]
+    """(4, 4) -> [x, y, z, qx, qy, qz, qw], the form of the node's ``base_T_camera`` parameter."""
+    return [*map(float, T[:3, 3]), *matrix_to_quaternion(T[:3, :3])]
 
 
 def play(client: NodeClient, node: NodeProcess, session: Session, rate_hz: float) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clino_vpr_ros.atomic import atomic_write
 from clino_vpr_ros.synth.conditions import CONDITIONS, get_condition
 from clino_vpr_ros.synth.session import Session, SessionConfig, generate_session, gt_cross_session_pairs
 from clino_vpr_ros.synth.town import generate_town
@@ -146,11 +147,10 @@ def write_preview(sessions: list[Session], out: Path, per_session: int = 6) -> P
                 if row == 0:
                     a.set_title(f"{s.session_id} t={s.frames[i].stamp - s.frames[0].stamp:.0f}s", fontsize=7)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    try:
+        return atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=80))
+    finally:
+        plt.close(fig)
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:

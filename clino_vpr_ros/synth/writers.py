@@ -24,6 +24,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from clino_vpr_ros.atomic import atomic_write
 from clino_vpr_ros.synth.conditions import CONDITIONS, sample_condition
 from clino_vpr_ros.synth.geo import UTM_LETTER, UTM_ZONE, town_to_utm, utm_to_latlon
 from clino_vpr_ros.synth.render import Renderer
@@ -76,9 +77,7 @@ def _publish_dir(tmp: Path, final: Path, overwrite: bool) -> None:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True).encode("utf-8")))
 
 
 def _imwrite_jpg(path: Path, rgb: np.ndarray, quality: int = 95) -> None:
