@@ -14,12 +14,15 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from clino_vpr_ros.atomic import atomic_write
-from clino_vpr_ros.datasets import DownloaderSet, load_model_inputs, read_downloader_set
+from clino_vpr_ros.datasets import DownloaderSet, load_model_inputs, read_downloader_set, read_rgb
+
+if TYPE_CHECKING:
+    from clino_vpr_ros.verify import VerifyConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +47,33 @@ def recall_at_k(
     q_xy (M, 2) metric positions (UTM east, north). Queries with no database image within the radius
     cannot be answered and are excluded (their count is logged). Returns {k: recall in [0, 1]}.
     """
+    ks = _check_ks(ks)
+    _check_xy(db_xy, len(db), "db_xy")
+    return recall_of_ranking(retrieve(db, queries, ks[-1]), db_xy, q_xy, ks, radius_m)
+
+
+def retrieve(db: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact inner-product top-``k``: int64 (M, min(k, N)) database indices, best first."""
     import faiss
 
     db = _check_descriptors(db, "db")
     queries = _check_descriptors(queries, "queries")
-    db_xy, q_xy = _check_xy(db_xy, len(db), "db_xy"), _check_xy(q_xy, len(queries), "q_xy")
     if db.shape[1] != queries.shape[1]:
         raise ValueError(f"descriptor sizes differ: db {db.shape[1]}, queries {queries.shape[1]}")
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
+    index = faiss.IndexFlatIP(db.shape[1])
+    index.add(db)
+    return index.search(queries, min(k, len(db)))[1]
+
+
+def recall_of_ranking(
+    ranking: np.ndarray, db_xy: np.ndarray, q_xy: np.ndarray, ks: Sequence[int] = DEFAULT_KS, radius_m: float = 25.0
+) -> dict[int, float]:
+    """Recall@K of a ranking: int (M, K') database indices per query, best first (see :func:`recall_at_k`)."""
+    ks = _check_ks(ks)
+    ranking = np.asarray(ranking)
+    db_xy, q_xy = _check_xy(db_xy, len(db_xy), "db_xy"), _check_xy(q_xy, len(ranking), "q_xy")
+    if ranking.ndim != 2 or ranking.size and not 0 <= ranking.min() <= ranking.max() < len(db_xy):
+        raise ValueError(f"ranking must be (M, K) indices into the {len(db_xy)} database positions")
     d2 = ((q_xy[:, None, :] - db_xy[None, :, :]) ** 2).sum(-1)  # (M, N); eval sets are small enough
     positives = d2 <= radius_m**2
     has_positive = positives.any(1)
@@ -62,12 +82,45 @@ def recall_at_k(
         logger.info("%d of %d queries have no database image within %.1f m: excluded", n_excluded, len(q_xy), radius_m)
     if not has_positive.any():
         raise ValueError(f"no query has a database image within {radius_m} m: wrong radius or wrong coordinates?")
-    index = faiss.IndexFlatIP(db.shape[1])
-    index.add(db)
-    _, nn = index.search(queries[has_positive], min(ks[-1], len(db)))
-    hit = np.take_along_axis(positives[has_positive], nn, axis=1)  # (M', K) True where the match is close
+    hit = np.take_along_axis(positives, ranking, axis=1)[has_positive]  # (M', K') True where the match is close
     first_hit = np.where(hit.any(1), hit.argmax(1), np.iinfo(np.int64).max)
     return {k: float((first_hit < k).mean()) for k in ks}
+
+
+def _check_ks(ks: Sequence[int]) -> list[int]:
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    return ks
+
+
+def rerank_by_verification(
+    ranking: np.ndarray, db_paths: Sequence[Path], q_paths: Sequence[Path], top: int,
+    cfg: VerifyConfig | None = None, progress: bool = True,
+) -> np.ndarray:
+    """Two-stage retrieval: reorder each query's first ``top`` candidates by geometric verification.
+
+    The node verifies its candidates the same way (:mod:`clino_vpr_ros.verify`; no intrinsics in a
+    downloader set, so the fundamental-matrix model). Accepted candidates come first, most inliers
+    first; rejected ones keep their descriptor order after them. ranking: int (M, K) -> same shape.
+    """
+    from tqdm import tqdm
+
+    from clino_vpr_ros.verify import VerifyConfig, extract_features, to_gray, verify_pair
+
+    cfg = cfg or VerifyConfig()
+    ranking = np.array(ranking, copy=True)
+    top = min(top, ranking.shape[1])
+    db_features: dict[int, Any] = {}
+    for i in tqdm(range(len(ranking)), desc="rerank", unit="query", disable=not progress, leave=False):
+        q = extract_features(to_gray(read_rgb(q_paths[i])), cfg)
+        for j in ranking[i, :top]:
+            if j not in db_features:
+                db_features[j] = extract_features(to_gray(read_rgb(db_paths[j])), cfg)
+        score = [(v.inliers if v.accepted else -1) for v in
+                 (verify_pair(q, None, db_features[j], None, cfg) for j in ranking[i, :top])]
+        ranking[i, :top] = ranking[i, :top][np.argsort(-np.asarray(score), kind="stable")]
+    return ranking
 
 
 def _check_descriptors(x: np.ndarray, name: str) -> np.ndarray:
@@ -137,16 +190,29 @@ def evaluate_folder(
     ks: Sequence[int] = DEFAULT_KS,
     image_size: tuple[int, int] | None = None,
     progress: bool = True,
+    rerank: int = 0,
+    verify: VerifyConfig | None = None,
 ) -> dict[str, Any]:
     """Recall@K of ``model`` on a downloader-format folder.
 
-    Returns {"recall": {k: float}, "n_database": int, "n_queries": int, "radius_m": float}.
+    ``rerank`` > 0 also reports the two-stage recall: the top ``rerank`` descriptor matches reordered
+    by geometric verification (:func:`rerank_by_verification`, settings ``verify``).
+    Returns {"recall": {k: float}, "n_database": int, "n_queries": int, "radius_m": float} and, with
+    ``rerank``, "recall_reranked": {k: float} and "rerank": int.
     """
     data = root if isinstance(root, DownloaderSet) else read_downloader_set(root)
     db = encode_paths(model, data.database_paths, batch_size, image_size, progress)
     q = encode_paths(model, data.query_paths, batch_size, image_size, progress)
-    recall = recall_at_k(db, q, data.database_xy, data.query_xy, ks=ks, radius_m=radius_m)
-    return {"recall": recall, "n_database": len(db), "n_queries": len(q), "radius_m": float(radius_m)}
+    ks = _check_ks(ks)
+    _check_xy(data.database_xy, len(db), "database_xy")
+    ranking = retrieve(db, q, max(ks[-1], rerank))
+    res = {"recall": recall_of_ranking(ranking, data.database_xy, data.query_xy, ks, radius_m),
+           "n_database": len(db), "n_queries": len(q), "radius_m": float(radius_m)}
+    if rerank > 0:
+        ranking = rerank_by_verification(ranking, data.database_paths, data.query_paths, rerank, verify, progress)
+        res["recall_reranked"] = recall_of_ranking(ranking, data.database_xy, data.query_xy, ks, radius_m)
+        res["rerank"] = int(rerank)
+    return res
 
 
 # ---------------------------------------------------------------------------------- loop closures
@@ -500,12 +566,19 @@ def _load_model(path: Path, device: str) -> Any:
 
 def _cmd_recall(args: argparse.Namespace) -> int:
     model = _load_model(Path(args.model), args.device)
-    res = evaluate_folder(model, args.data, radius_m=args.radius, batch_size=args.batch_size)
+    if args.rerank < 0:
+        raise ValueError(f"--rerank must be >= 0, got {args.rerank}")
+    res = evaluate_folder(model, args.data, radius_m=args.radius, batch_size=args.batch_size, rerank=args.rerank)
     line = "  ".join(f"R@{k} {100 * v:.2f}" for k, v in res["recall"].items())
     print(f"{args.data}: {line}  ({res['n_queries']} queries, {res['n_database']} database, {args.radius:g} m)")
+    if args.rerank:
+        line = "  ".join(f"R@{k} {100 * v:.2f}" for k, v in res["recall_reranked"].items())
+        print(f"{args.data}: re-ranked top {args.rerank} by geometric verification: {line}")
     out = Path(args.out) if args.out else Path(args.model).with_suffix(".recall.json")
-    payload = {"schema_version": SCHEMA_VERSION, "model": str(args.model), "data": str(args.data), **res,
-               "recall": {str(k): v for k, v in res["recall"].items()}}
+    payload = {"schema_version": SCHEMA_VERSION, "model": str(args.model), "data": str(args.data), **res}
+    for key in ("recall", "recall_reranked"):
+        if key in payload:
+            payload[key] = {str(k): v for k, v in payload[key].items()}
     print(f"wrote {write_json_atomic(payload, out)}")
     return 0
 
@@ -536,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--data", required=True, help="folder with images/test/{database,queries}/")
     r.add_argument("--radius", type=float, default=25.0, help="positive radius in metres (default 25)")
     r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--rerank", type=int, default=0, metavar="K",
+                   help="also report two-stage recall: top K re-ranked by geometric verification (default 0 = off)")
     r.add_argument("--device", default="auto", help="torch device for .safetensors: auto, cpu, cuda")
     r.add_argument("--out", default=None, help="JSON output (default: <model>.recall.json)")
     r.set_defaults(func=_cmd_recall)

@@ -128,12 +128,14 @@ class _PlaceBatches(torch.utils.data.Dataset):
 
     The places of every batch and the images of every place derive from (seed, epoch, i) only, so the
     run is reproducible whatever the number of loader workers and across resumptions.
+    ``cache`` maps an image path to its decoded, resized uint8 (H, W, 3) array; it is shared across
+    epochs so each file is decoded once per process (a small dataset then trains from memory).
     """
 
     def __init__(self, data: GSVCities, batches: np.ndarray, image_size: tuple[int, int], seed: int,
-                 epoch: int, augment: bool) -> None:
+                 epoch: int, augment: bool, cache: dict[Path, np.ndarray]) -> None:
         self.data, self.batches, self.image_size = data, batches, image_size
-        self.seed, self.epoch, self.augment = seed, epoch, augment
+        self.seed, self.epoch, self.augment, self.cache = seed, epoch, augment, cache
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -144,7 +146,9 @@ class _PlaceBatches(torch.utils.data.Dataset):
         for place in self.batches[i]:
             paths += self.data.sample_paths(int(place), rng)
             labels += [self.data.places[int(place)].label] * self.data.img_per_place
-        images = load_model_inputs(paths, self.image_size)
+        missing = [p for p in dict.fromkeys(paths) if p not in self.cache]
+        self.cache.update(zip(missing, load_model_inputs(missing, self.image_size)))
+        images = np.stack([self.cache[p] for p in paths])
         if self.augment:
             images = photometric_jitter(images, rng)
         return torch.from_numpy(images), torch.as_tensor(labels, dtype=torch.int64)
@@ -309,13 +313,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         recall = _validate(model, val, cfg, image_size)
         prog.history.append({"epoch": 0, "step": 0, "loss": None, "lr": cfg.lr, "recall": recall, "seconds": 0.0})
         logger.info("before training: %s", _fmt_recall(recall))
+    image_cache: dict[Path, np.ndarray] = {}
     for epoch in range(prog.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         # re-seeding per epoch makes dropout identical whether or not the run was resumed
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         batches = epoch_batches(len(data), cfg.batch_places, cfg.iters_per_epoch, cfg.seed, epoch)
         loader = torch.utils.data.DataLoader(
-            _PlaceBatches(data, batches, image_size, cfg.seed, epoch, cfg.augment),
+            _PlaceBatches(data, batches, image_size, cfg.seed, epoch, cfg.augment, image_cache),
             batch_size=None, shuffle=False, num_workers=cfg.workers, pin_memory=device.type == "cuda",
         )
         losses = _train_epoch(model, loader, opt, loss_fn, miner, device, f"epoch {epoch}/{cfg.epochs}", cfg.progress)

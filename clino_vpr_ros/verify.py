@@ -78,6 +78,8 @@ class VerifyConfig:
 
     feature: str = "sift"
     n_features: int = 1000
+    clahe_clip_limit: float = 2.0
+    clahe_tiles: int = 8
     ratio: float = 0.8
     min_inliers: int = 20
     estimator: str = "magsac"
@@ -100,6 +102,9 @@ class VerifyConfig:
             raise ValueError(f"unknown robust estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
         if not 0.0 < self.ratio < 1.0:
             raise ValueError(f"ratio must be in (0, 1), got {self.ratio}")
+        if self.clahe_clip_limit < 0 or self.clahe_tiles < 1:
+            raise ValueError(f"need clahe_clip_limit >= 0 (0 = off) and clahe_tiles >= 1, got "
+                             f"{self.clahe_clip_limit}, {self.clahe_tiles}")
         if self.min_inliers < 6:
             raise ValueError(f"min_inliers must be >= 6 (PnP/essential need a margin), got {self.min_inliers}")
 
@@ -161,9 +166,15 @@ def to_gray(image: np.ndarray, encoding: str = "rgb8") -> np.ndarray:
 
 
 def extract_features(gray: np.ndarray, cfg: VerifyConfig = VerifyConfig(), depth: np.ndarray | None = None) -> LocalFeatures:
-    """Detect and describe local features on a uint8 (H,W) image; sample depth (float32 (H,W) m) at keypoints."""
+    """Detect and describe local features on a uint8 (H,W) image; sample depth (float32 (H,W) m) at keypoints.
+
+    The image is first contrast-equalised with CLAHE (``cfg.clahe_clip_limit``, 0 = off): dusk and
+    night frames otherwise yield too few keypoints to verify a revisit of a daylight keyframe.
+    """
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"extract_features needs a uint8 (H,W) gray image, got {gray.dtype} {gray.shape}")
+    if cfg.clahe_clip_limit > 0:
+        gray = cv2.createCLAHE(cfg.clahe_clip_limit, (cfg.clahe_tiles, cfg.clahe_tiles)).apply(gray)
     factory, _, width = FEATURES[cfg.feature]
     kps, desc = factory(cfg.n_features).detectAndCompute(gray, None)
     h, w = gray.shape

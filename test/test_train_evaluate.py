@@ -123,3 +123,28 @@ def test_eval_loops_cli_scores_closures_against_session_ground_truth(tmp_path, c
     assert res["max_recall_at_100_precision"] == 0.0  # the adjacent-frame pair outranks every true loop
     assert "max recall@100%P" in out
     assert (tmp_path / "out" / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_geometric_reranking_puts_the_verified_place_first_even_at_night(tmp_path) -> None:
+    """The descriptor ranks the wrong room first; verification (with CLAHE) restores the right one,
+    although the query is a dark, low-contrast revisit of the right room."""
+    import cv2
+
+    from _engine_scene import Room, base_pose
+    from clino_vpr_ros.evaluate import recall_of_ranking, rerank_by_verification
+
+    right, wrong = Room(1, width=320, height_px=240), Room(2, width=320, height_px=240)
+    db_paths = [tmp_path / "db_right.png", tmp_path / "db_wrong.png"]
+    cv2.imwrite(str(db_paths[0]), right.render(base_pose(0.0, 0.0, 0.0))[0])
+    cv2.imwrite(str(db_paths[1]), wrong.render(base_pose(0.0, 0.0, 0.0))[0])
+    night = (right.render(base_pose(0.5, 0.8, 8.0))[0].astype(np.float32) * 0.15 + 4).astype(np.uint8)
+    q_paths = [tmp_path / "q_night.png"]
+    cv2.imwrite(str(q_paths[0]), night)
+    db_xy, q_xy = np.array([[0.0, 0.0], [100.0, 0.0]]), np.array([[1.0, 1.0]])
+    descriptor_ranking = np.array([[1, 0]])
+    assert recall_of_ranking(descriptor_ranking, db_xy, q_xy, ks=(1,)) == {1: 0.0}
+    reranked = rerank_by_verification(descriptor_ranking, db_paths, q_paths, top=2, progress=False)
+    np.testing.assert_array_equal(reranked, [[0, 1]])
+    assert recall_of_ranking(reranked, db_xy, q_xy, ks=(1,)) == {1: 1.0}
+    with pytest.raises(ValueError, match="indices"):
+        recall_of_ranking(np.array([[2, 0]]), db_xy, q_xy)
