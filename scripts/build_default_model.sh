@@ -45,7 +45,11 @@ for m in clino-vpr-tiny clino-vpr-tiny-nogate; do
 done
 # 4. loop closure on held-out sequences (town 960: two sessions, day and dusk)
 [ -d "$W/seq960" ] || clino-vpr synth sessions --town 960 --out "$W/seq960"
-clino-vpr bag "$W/seq960/s1" --model "$W/clino-vpr-tiny.onnx" --out "$W/seq960/s1_closures" --save-map "$W/seq960/s1.map"
-clino-vpr bag "$W/seq960/s2" --model "$W/clino-vpr-tiny.onnx" --out "$W/seq960/s2_closures" \
-    --prior-map "$W/seq960/s1.map" --groundtruth "$W/seq960/s1" --groundtruth "$W/seq960/s2"
+#    both engine presets; high_recall's settings were chosen on validation towns 961 and 962
+for preset in default high_recall; do
+  clino-vpr bag "$W/seq960/s1" --model "$W/clino-vpr-tiny.onnx" --engine-preset $preset \
+      --out "$W/seq960/s1_$preset" --save-map "$W/seq960/s1_$preset.map"
+  clino-vpr bag "$W/seq960/s2" --model "$W/clino-vpr-tiny.onnx" --engine-preset $preset --out "$W/seq960/s2_$preset" \
+      --prior-map "$W/seq960/s1_$preset.map" --groundtruth "$W/seq960/s1" --groundtruth "$W/seq960/s2"
+done
 echo "built $W/clino-vpr-tiny.onnx; copy it to models/ and update models/README.md with the figures above"
