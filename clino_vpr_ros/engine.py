@@ -65,7 +65,7 @@ ENGINE_PRESETS: dict[str, EngineConfig] = {
     "strict": EngineConfig(candidates=CandidateConfig(min_consecutive=4, min_score=0.7), verify=VerifyConfig(min_inliers=40)),
     # more closures for a robust back end (GNC / switchable constraints): 2 consecutive matches, cosine >= 0.5,
     # a closure every 2 keyframes along a revisit; on synthetic validation towns about 2-3x the recall of
-    # "default", with an occasional wrong (aliased, yet verified) closure (docs/loop_closure.md)
+    # "default", with an occasional wrong (aliased, yet verified) closure (models/README.md)
     "high_recall": EngineConfig(candidates=CandidateConfig(min_consecutive=2, min_score=0.5, suppress_keyframes=2)),
     # exact search on the GPU when faiss has GPU support (falls back to the CPU index otherwise)
     "gpu": EngineConfig(index=IndexConfig(use_gpu=True)),

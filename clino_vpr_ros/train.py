@@ -128,8 +128,9 @@ class _PlaceBatches(torch.utils.data.Dataset):
 
     The places of every batch and the images of every place derive from (seed, epoch, i) only, so the
     run is reproducible whatever the number of loader workers and across resumptions.
-    ``cache`` maps an image path to its decoded, resized uint8 (H, W, 3) array; it is shared across
-    epochs so each file is decoded once per process (a small dataset then trains from memory).
+    ``cache`` maps an image path to its decoded, resized uint8 (H, W, 3) array and is shared across
+    epochs: in process (``workers=0``) each file is decoded once per run. Loader workers fill their own
+    copies, which end with the epoch.
     """
 
     def __init__(self, data: GSVCities, batches: np.ndarray, image_size: tuple[int, int], seed: int,
