@@ -155,12 +155,13 @@ def bench_size(size: int, dim: int, n_queries: int, kinds: list[str], seed: int,
     for kind in kinds:
         cfg = IndexConfig(kind=kind)
         index, insert_ms, build_s, bpk = _build(kind, data, cfg, n_single=min(1000, size // 10))
-        variants = [(kind, cfg)]
+        variants = [cfg]
         if kind == "hnsw" and index._graph is not None:
-            variants[0] = (f"hnsw ef{index.ef_search()}", cfg)
-            variants += [(f"hnsw ef{ef}", IndexConfig(kind=kind, hnsw_ef_search=ef)) for ef in efs]
-        for label, v_cfg in variants:
+            # hnsw_ef_search is the value at 100k: scale it so that the row's efSearch at this size is ef
+            variants += [IndexConfig(kind=kind, hnsw_ef_search=max(1, round(ef * np.sqrt(100_000 / size)))) for ef in efs]
+        for v_cfg in variants:
             index.cfg = v_cfg  # efSearch is read per query; the graph is the same
+            label = f"hnsw ef{index.ef_search()}" if index._graph is not None else kind
             q_ms, ids = _query(index, queries, stamp=float(size))
             recall = float(np.mean(ids == exact))  # flat: 1.000 checks the brute-force reference
             rows.append(Row(label, size, insert_ms, float(np.percentile(q_ms, 50)), float(np.percentile(q_ms, 99)), recall, bpk, build_s))
