@@ -14,3 +14,15 @@ def shipped_model() -> Path:
     """models/clino-vpr-tiny.onnx, trained on synthetic towns (models/README.md)."""
     assert SHIPPED_MODEL.is_file(), f"the shipped model {SHIPPED_MODEL} is missing: see models/README.md to rebuild it"
     return SHIPPED_MODEL
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus standalone server (the `milvus` wheel) with its data under a pytest tmp dir;
+    tests may stop and restart it (same URI)."""
+    from clino_vpr_ros.fleet_server import EmbeddedMilvus
+
+    server = EmbeddedMilvus(tmp_path_factory.mktemp("milvus"))
+    server.start()
+    yield server
+    server.stop()
