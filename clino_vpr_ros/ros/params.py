@@ -102,6 +102,11 @@ PARAMS: tuple[ParamSpec, ...] = (
               "are matched against (inter-session closures).", check=_check_prior_maps),
     ParamSpec("map_path", str, "", "Where this session's map is saved (autosave, ~/save_map, shutdown). "
               "Empty: $ROS_HOME/clino_vpr/<session_id>.npz ($ROS_HOME defaults to ~/.ros)."),
+    ParamSpec("fleet_uri", str, "", "Milvus fleet index (e.g. http://fleet-server:19530): this session's keyframes "
+              "are added to it as they come and other robots' / sessions' keyframes found in it give closures. "
+              "Empty: no fleet (the in-process index only). Needs the `fleet` extra (pymilvus)."),
+    ParamSpec("fleet_robot_id", str, "robot", "Robot id stored with this session's keyframes in the fleet index.",
+              check=_check_session_id),
     ParamSpec("autosave_period_s", float, 60.0, "Save the map to map_path every this many seconds; 0 saves "
               "only on ~/save_map and at shutdown (SIGINT / SIGTERM).", range=(0.0, 86400.0)),
     ParamSpec("image_transport", str, "raw", "raw: subscribe `image` (sensor_msgs/Image); compressed: "
