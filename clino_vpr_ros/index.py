@@ -43,7 +43,7 @@ class IndexConfig:
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 160
     hnsw_pca_dim: int = 128
-    hnsw_shortlist: int = 64
+    hnsw_shortlist: int = 128
     hnsw_min_size: int = 20_000
     use_gpu: bool = False
     exclude_recent_s: float = 30.0
