@@ -335,14 +335,15 @@ class MapWriter:
         self.hint = hint
         for other in read_only:
             if _same_file(self.path, Path(os.path.expanduser(str(other)))):
-                raise ValueError(f"{self.path} is also a map this run reads ({other}); write the new map to another path")
+                raise ValueError(self._refusal(f"it is also a map this run reads ({other})"))
         self._written: tuple[int, int, int, int] | None = None
         self._may_replace = _identity(self.path) if overwrite else None  # the file the user let us replace
         if self.path.exists() and not overwrite:
             raise FileExistsError(self._refusal("this run did not write it"))
 
     def _refusal(self, why: str) -> str:
-        return (f"{describe_map_file(self.path)}; {why}, so it is not replaced. Write this session's map to a "
+        held = describe_map_file(self.path) if self.path.exists() else str(self.path)
+        return (f"{held}; {why}, so it is not replaced. Write this session's map to a "
                 "new path and pass the old map as a prior map to match against it" + (f"; {self.hint}" if self.hint else ""))
 
     def save(self, smap: SessionMap) -> Path:

@@ -270,3 +270,33 @@ def test_bad_start_up_parameters_stop_the_node_with_the_reason(domain, model_pat
     node = NodeProcess(domain, tmp_path / "bad.log", params={**base, **params})
     assert node.wait(60) == 2
     assert "cannot start" in node.log_text() and reason in node.log_text()
+
+
+def _saved_map(path: Path, session: str, n: int) -> bytes:
+    from clino_vpr_ros.session_map import SessionMapBuilder
+
+    b = SessionMapBuilder(session, "fp", 4)
+    for i in range(n):
+        b.append(i, float(i), np.eye(4, dtype=np.float32)[i % 4], np.eye(4), None, None)
+    return b.snapshot().save(path).read_bytes()
+
+
+def test_a_restart_on_an_existing_map_path_refuses_and_keeps_yesterdays_map(domain, model_path, tmp_path):
+    # a robot restarted with a fixed map_path, or map_path set to the map it also loads as a prior
+    yesterday = tmp_path / "yesterday.npz"
+    before = _saved_map(yesterday, f"yesterday-{RUN}", 7)
+    base = {"model_path": str(model_path), "session_id": f"today-{RUN}", "map_path": str(yesterday)}
+    for extra in ({}, {"prior_maps": [str(yesterday)]}):
+        node = NodeProcess(domain, tmp_path / "restart.log", params={**base, **extra})
+        assert node.wait(60) == 2
+        log = node.log_text()
+        assert "cannot start" in log and str(yesterday) in log, log
+        assert f"'yesterday-{RUN}'" in log and "7 keyframes" in log and "prior_maps" in log, log
+        assert yesterday.read_bytes() == before
+
+
+def test_a_session_without_keyframes_leaves_no_map(domain, model_path, tmp_path):
+    name = f"empty-{RUN}"
+    node, client = _start(domain, tmp_path, model_path, name)
+    assert _stop(node, client) == 0
+    assert not (tmp_path / f"{name}.npz").exists() and "no keyframes, no map written" in node.log_text()

@@ -495,6 +495,10 @@ class ClinoVprNode(Node):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``clino_vpr_node``; SIGINT and SIGTERM both stop, save the map and exit 0."""
     args = sys.argv if argv is None else [sys.argv[0], *argv]
+    own = args[1:args.index("--ros-args")] if "--ros-args" in args else args[1:]
+    if "-h" in own or "--help" in own:  # before rclpy.init: no node, no DDS, no map
+        print(params.usage())
+        return 0
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
