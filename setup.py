@@ -51,11 +51,12 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
-        (f"share/{PACKAGE}/models", glob("models/*.onnx") + glob("models/*.md") + glob("models/*.json")),
+        (f"share/{PACKAGE}/models", glob("models/*.onnx") + glob("models/*.md") + glob("models/*.json")
+         + glob("models/*.png")),  # the model card's figures
     ],
     python_requires=">=3.10",
     install_requires=RUNTIME,
-    extras_require={"train": TRAIN, "ros": ROS_WHEELS, "test": ["pytest>=7"]},
+    extras_require={"train": TRAIN, "ros": ROS_WHEELS, "test": ["pytest>=7", "wheel"]},  # wheel: the install test builds one
     zip_safe=True,
     maintainer="clino_vpr_ros maintainers",
     maintainer_email="maintainers@clino-vpr.invalid",

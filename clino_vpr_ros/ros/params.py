@@ -223,19 +223,9 @@ def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_model_path() -> Path:
-    """The model used when ``model_path`` is empty: ``$CLINO_VPR_MODEL``, else the shipped model in the
-    package share folder found through the ament index (colcon installs), else
-    :func:`clino_vpr_ros.assets.default_model_path` (pip prefix, then the source checkout)."""
-    if os.environ.get("CLINO_VPR_MODEL"):
-        return Path(os.environ["CLINO_VPR_MODEL"])
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        share = Path(get_package_share_directory(PACKAGE)) / "models" / DEFAULT_MODEL_NAME
-        if share.is_file():
-            return share
-    except (ImportError, OSError, PackageNotFoundError, ValueError, LookupError):
-        pass  # no ament index here (pip install, source checkout): the asset lookup below covers it
+    """The model used when ``model_path`` is empty: :func:`clino_vpr_ros.assets.default_model_path`
+    (``$CLINO_VPR_MODEL``, else the shipped model found through the ament index, the Python prefix
+    or the source checkout: the same lookup as every command)."""
     return assets.default_model_path()
 
 
