@@ -12,17 +12,20 @@ VERSION = re.search(r"<version>([^<]+)</version>", (HERE / "package.xml").read_t
 
 # Robot runtime: no torch. Training/export side: torch and friends. ROS from wheels where no
 # ROS 2 install exists (on a robot with ROS 2 installed from apt, skip the `ros` extra).
+# Lower bounds = the oldest versions a supported ROS distro ships (Ubuntu 22.04 / Humble: Python 3.10,
+# NumPy 1.21, SciPy 1.8, OpenCV 4.5.4, Matplotlib 3.5, tqdm 4.57, PyYAML 5.4); scripts/test_humble.sh runs
+# the runtime tests on them. numpy 1.21.6: the first that onnxruntime >= 1.14 (ONNX opset 18) accepts.
 RUNTIME = [
-    "numpy>=1.26",
-    "scipy>=1.10",
-    "opencv-python-headless>=4.8",
+    "numpy>=1.21.6",
+    "scipy>=1.8",
+    "opencv-python-headless>=4.5.4",
     "onnxruntime>=1.17",  # onnxruntime-gpu on a robot with a GPU
     "faiss-cpu>=1.8",  # faiss-gpu on a robot with a GPU
-    "rosbags>=0.10",
+    "rosbags>=0.11",
     "gtsam>=4.2",
-    "matplotlib>=3.7",
-    "tqdm>=4.60",
-    "pyyaml>=6",
+    "matplotlib>=3.5",
+    "tqdm>=4.57",
+    "pyyaml>=5.4",
 ]
 TRAIN = [
     "torch>=2.2",

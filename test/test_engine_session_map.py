@@ -17,6 +17,8 @@ from clino_vpr_ros.engine import EngineConfig, LoopClosureEngine
 from clino_vpr_ros.session_map import SessionMap, SessionMapBuilder
 from clino_vpr_ros.verify import VerifyConfig, extract_features, to_gray
 
+pytestmark = pytest.mark.runtime  # also run on the Humble-pinned versions (scripts/test_humble.sh)
+
 
 def _small_map(session: str = "s1", fingerprint: str = "fp-a", dim: int = 16, n: int = 5, with_features: bool = True) -> SessionMap:
     rng = np.random.default_rng(0)

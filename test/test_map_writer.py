@@ -16,6 +16,8 @@ import pytest
 from clino_vpr_ros.engine import EngineConfig, LoopClosureEngine
 from clino_vpr_ros.session_map import MapWriter, SessionMap, SessionMapBuilder
 
+pytestmark = pytest.mark.runtime  # also run on the Humble-pinned versions (scripts/test_humble.sh)
+
 DIM = 8
 
 
