@@ -15,6 +15,8 @@ from clino_vpr_ros.session_map import SessionMap, SessionMapBuilder
 from clino_vpr_ros.synth import CONDITIONS, SessionConfig, generate_session, generate_town, gt_cross_session_pairs
 from clino_vpr_ros.verify import VerifyConfig, extract_features, to_gray, verify_pair
 
+pytestmark = pytest.mark.runtime  # also run on the Humble-pinned versions (scripts/test_humble.sh)
+
 STEP = 3  # every 3rd frame is a keyframe
 OFFSET = (6.0, -4.0, 25.0)  # session B's odometry frame in the world (A's odometry frame is the world)
 
