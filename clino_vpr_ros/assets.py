@@ -6,9 +6,11 @@ One lookup for everybody (the node, ``clino-vpr demo`` / ``bag`` / ``bench``, th
 of the first prefix on ``AMENT_PREFIX_PATH`` that registers the package), then the share folder
 of this Python's prefix (``pip install``), then the source checkout.
 
-``ament_index_python`` is imported lazily and only if present (it is not rclpy: the core stays
-ROS-free); without it the index is read the way ament_index_python reads it, from the marker
-file ``<prefix>/share/ament_index/resource_index/packages/clino_vpr_ros``.
+The ament index is a file convention: a package is registered under a prefix when the marker file
+``<prefix>/share/ament_index/resource_index/packages/clino_vpr_ros`` exists, and its share folder is
+``<prefix>/share/clino_vpr_ros`` of the first such prefix on ``AMENT_PREFIX_PATH``. That is read here
+directly, as ``ament_index_python.get_package_share_directory`` does, so that the core imports no
+ROS package (test/test_core_is_ros_free.py) and the lookup also works where ROS is not installed.
 """
 
 from __future__ import annotations
@@ -22,18 +24,11 @@ DEFAULT_MODEL = "clino-vpr-tiny.onnx"
 
 
 def ament_share_dir() -> Path | None:
-    """``<prefix>/share/clino_vpr_ros`` of the ament index, or None when no prefix registers the package."""
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-    except ImportError:
-        for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-            if (Path(prefix) / "share" / "ament_index" / "resource_index" / "packages" / PACKAGE).is_file():
-                return Path(prefix) / "share" / PACKAGE
-        return None
-    try:
-        return Path(get_package_share_directory(PACKAGE))
-    except (PackageNotFoundError, LookupError, ValueError, OSError):  # no AMENT_PREFIX_PATH, or not registered
-        return None
+    """``<prefix>/share/clino_vpr_ros`` of the first prefix on ``AMENT_PREFIX_PATH`` that registers the package."""
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        if (Path(prefix) / "share" / "ament_index" / "resource_index" / "packages" / PACKAGE).is_file():
+            return Path(prefix) / "share" / PACKAGE
+    return None
 
 
 def share_dirs() -> list[Path]:

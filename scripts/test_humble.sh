@@ -6,7 +6,12 @@
 # Usage: bash scripts/test_humble.sh [pytest args]    (HUMBLE_PYTHON=/path/to/python3.10 to choose)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${HUMBLE_PYTHON:-$(command -v python3.10 || echo /root/.pyenv/versions/3.10.13/bin/python)}
+PY=""
+for candidate in "${HUMBLE_PYTHON:-}" python3.10 /root/.pyenv/versions/3.10.13/bin/python; do
+  if [ -n "$candidate" ] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then
+    PY=$candidate; break
+  fi
+done
 # numpy 1.21.6, not 22.04's 1.21.5: every onnxruntime that runs opset 18 needs >= 1.21.6 (pip upgrades a
 # robot's numpy to it too); no API changed between the two. PyYAML 6.0: 5.4.1 has no Python 3.10 wheel.
 PINS=(numpy==1.21.6 scipy==1.8.0 opencv-python-headless==4.5.4.60 matplotlib==3.5.1 tqdm==4.57.0 pyyaml==6.0
@@ -14,7 +19,7 @@ PINS=(numpy==1.21.6 scipy==1.8.0 opencv-python-headless==4.5.4.60 matplotlib==3.
 CHECK='import numpy, scipy, cv2, matplotlib, onnxruntime, faiss, rosbags, gtsam, pytest, wheel
 assert (numpy.__version__, scipy.__version__, cv2.__version__) == ("1.21.6", "1.8.0", "4.5.4"), "pins"'
 if [ ! -x .venv-humble/bin/python ]; then
-  [ -x "$PY" ] || { echo "test_humble: no Python 3.10 (set HUMBLE_PYTHON)" >&2; exit 2; }
+  [ -n "$PY" ] || { echo "test_humble: no Python 3.10 found (set HUMBLE_PYTHON=/path/to/python3.10)" >&2; exit 2; }
   echo "test_humble: creating .venv-humble with $("$PY" --version)"
   "$PY" -m venv .venv-humble
 fi
