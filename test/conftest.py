@@ -16,6 +16,14 @@ def shipped_model() -> Path:
     return SHIPPED_MODEL
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "runtime: the robot runtime (no torch, no ROS): also run by scripts/test_humble.sh on the oldest "
+        "versions a supported distro ships (Python 3.10, Ubuntu 22.04's NumPy/SciPy/OpenCV)",
+    )
+
+
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
     """A real Milvus standalone server (the `milvus` wheel) with its data under a pytest tmp dir;
