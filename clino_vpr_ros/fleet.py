@@ -17,7 +17,7 @@ Milvus specifics:
   a map or robot with another encoder is refused (descriptors of different models are not
   comparable);
 - primary key ``"<session>/<keyframe id>"``: pushing the same keyframe twice adds nothing
-  (:meth:`MilvusFleetIndex.add` skips keys already present; the node's catch-up upserts);
+  (:meth:`MilvusFleetIndex.add` skips keys already present; a live robot writes by upsert);
 - searches and reads use consistency level ``Strong`` (configurable): a query sees every write
   acknowledged before it. The cost: the query node waits until it has consumed the write stream up
   to the query's timestamp, which adds up to the time tick (~200 ms by default) under writes and
@@ -526,8 +526,8 @@ class FleetLink:
 
     Every keyframe of the session is queued (:meth:`enqueue`) and written by :meth:`sync`; while
     the server is unreachable the queue grows, :meth:`search` returns nothing (the robot keeps its
-    local index), and a retry happens at most every ``retry_period_s``. A write that fails half-way
-    is repeated as an upsert, so on catch-up every keyframe arrives exactly once.
+    local index), and a retry happens at most every ``retry_period_s``. Writes are upserts by key,
+    so a batch repeated after a failure half-way arrives exactly once.
     """
 
     def __init__(self, cfg: FleetConfig, fingerprint: str, dim: int, session_id: str, map_path: str | Path,
@@ -604,10 +604,11 @@ class FleetLink:
                 self._last_attempt = now
                 batch = list(self._queue)
             try:
-                if batch and self.state.online and not self.state.last_error:
-                    self.index.insert(batch)  # the common case: fresh keys, one round trip
-                elif batch:
-                    self.index.upsert(batch)  # after a failure: a repeated write must not duplicate
+                if batch:
+                    # upsert, never insert: Milvus does not enforce unique primary keys, and a batch
+                    # repeated after a half-acknowledged write (or ids restarted by ~/reset) must
+                    # replace, not duplicate
+                    self.index.upsert(batch)
                 else:
                     self.index.connect()
             except ValueError:
