@@ -38,6 +38,7 @@ import logging
 import re
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,7 +246,10 @@ def _summarise(rows: Iterable[tuple[str, str, str]], fingerprint: str, dim: int,
 # --------------------------------------------------------------------------------------- Milvus
 def _pymilvus() -> Any:
     try:
-        import pymilvus
+        with warnings.catch_warnings():  # pymilvus 2.3 imports the deprecated pkg_resources: not the user's concern
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            import pymilvus
     except ImportError as e:  # only when a fleet_uri is configured
         raise RuntimeError("fleet_uri is set but pymilvus is not installed: pip install 'clino_vpr_ros[fleet]'") from e
     return pymilvus

@@ -7,7 +7,9 @@ fleet in production points ``fleet_uri`` at a Milvus cluster instead (docs/fleet
 Differences from ``milvus.default_server``: the data directory is given, the client port can be
 fixed so that a restarted server comes back at the same URI (the wheel's free-port probe does not
 set SO_REUSEADDR, so a port with connections in TIME_WAIT would look taken), and stopping waits
-for a clean shutdown instead of killing the server after one second.
+for a clean shutdown instead of killing the server after one second. One such server per machine:
+its embedded etcd listens on fixed ports (2379/2380), so a second one (tests while
+``clino-vpr fleet serve`` runs) fails to start; point ``--uri`` at the running one instead.
 """
 
 from __future__ import annotations
