@@ -20,7 +20,7 @@ N_FRAMES = 24
 @pytest.fixture(scope="module")
 def drive():
     town = generate_town(5)
-    cfg = SessionConfig(n_frames=N_FRAMES, rate_hz=2.0, image_size=(240, 320), start_time_s=500.0)
+    cfg = SessionConfig(n_frames=128, rate_hz=2.0, image_size=(240, 320), start_time_s=500.0)  # one lap; we drive its start
     s = generate_session(town, "a", 5, CONDITIONS["day"], cfg)
     return s, [s.render(i).rgb for i in range(N_FRAMES)]
 
