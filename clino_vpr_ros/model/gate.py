@@ -37,6 +37,19 @@ class SemanticGate(nn.Module):
             nn.Linear(hidden_dim, grid_size[0] * grid_size[1]),
         )
 
+    def open_(self, logit: float = 6.0) -> SemanticGate:
+        """Start fully open: mask = sigmoid(``logit``) everywhere whatever the embedding (0.9975 at 6).
+
+        The last layer's weights become zero, so a gate trained on top of a working model starts
+        from (almost exactly) that model's descriptors; Adam's updates do not shrink with the small
+        sigmoid slope there, so the gate still learns.
+        """
+        last = self.mlp[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(logit)
+        return self
+
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         """Args: embedding float (B, embed_dim). Returns: mask float32 (B,1,h,w) in [0,1]."""
         logits = self.mlp(embedding.float())
