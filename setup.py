@@ -23,6 +23,7 @@ RUNTIME = [
     "matplotlib>=3.7",
     "tqdm>=4.60",
     "pyyaml>=6",
+    "pillow>=9",  # PIL bilinear resize: the preprocessing imported SALAD weights expect
 ]
 TRAIN = [
     "torch>=2.2",
