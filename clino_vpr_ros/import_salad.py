@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,7 @@ def read_salad_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"SALAD checkpoint {str(path)!r} does not exist (download dino_salad.ckpt by hand)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for foreign files
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ValueError(
             f"{str(path)!r} is not a weights-only PyTorch state dict (corrupt, or it holds Python objects "
             f"that are never unpickled here): {exc}"
