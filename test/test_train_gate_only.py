@@ -39,7 +39,7 @@ def test_gate_only_training_changes_the_gate_alone(data, tmp_path) -> None:
     imported = load_salad_encoder(CKPT, SIZE, num_heads=HEADS)
     paths = sorted((val / "images" / "test" / "queries").glob("*.jpg"))
     plain = encode_paths(imported, paths, progress=False)
-    # epoch 0 is the imported model: the gate starts open (mask 0.9975 everywhere)
+    # epoch 0 is the imported model: the gate starts open (mask sigmoid(10) everywhere)
     start = load_salad_encoder(CKPT, SIZE, num_heads=HEADS, gate_clip=_tiny_clip(), gate_hidden=128)
     assert np.min(np.sum(encode_paths(start, paths, progress=False) * plain, axis=1)) > 0.9999
     assert result.history[0]["recall"] == _recall_of(imported, val)
