@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("clino_vpr_ros.evaluate", "Recall@K on downloader-format folders; loop-closure PR"),
     "synth": ("clino_vpr_ros.synth.cli", "generate synthetic towns, datasets and ROS 2 bags"),
     "bench": ("clino_vpr_ros.bench", "benchmarks: encoder, index, node"),
+    "fleet": ("clino_vpr_ros.fleet_cli", "fleet index on Milvus: push maps, status, merge from it, serve"),
     "merge": ("clino_vpr_ros.merge", "align and merge session maps with a robust pose graph"),
     "bag": ("clino_vpr_ros.bag", "run the loop-closure pipeline over a ROS 2 bag"),
     "demo": ("clino_vpr_ros.ros.demo", "two-session loop-closure demo over real DDS"),

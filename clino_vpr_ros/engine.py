@@ -31,6 +31,9 @@ from clino_vpr_ros.verify import LocalFeatures, Verification, VerifyConfig, extr
 
 log = logging.getLogger(__name__)
 
+#: Candidate.source of a keyframe found in the fleet index (clino_vpr_ros.fleet)
+FLEET_SOURCE = -2
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -211,6 +214,8 @@ class LoopClosureEngine:
         self.session_id = session_id
         self.base_T_camera = base_T_camera
         self._priors: list[_Prior] = []
+        self._fleet = None  # clino_vpr_ros.fleet.FleetLink when a fleet_uri is configured
+        self._fleet_hits: dict[tuple[str, int], object] = {}
         # one MapWriter per path, kept across reset(): this run may replace only what it wrote itself
         self._writers: dict[str, MapWriter] = {}
         if cfg.autosave_path:  # claim it now: an existing map there refuses the start, not the first save
@@ -254,6 +259,16 @@ class LoopClosureEngine:
             index.add(smap.ids, smap.descriptors, smap.stamps)
         self._priors.append(_Prior(smap, index))
         log.info("prior map %s: %d keyframes of sessions %s", smap.path or "(memory)", len(smap), smap.session_ids)
+
+    def attach_fleet(self, link) -> None:
+        """Also write this session's keyframes to a fleet index and query it (a
+        :class:`clino_vpr_ros.fleet.FleetLink`; its writer thread is started here)."""
+        self._fleet = link
+        link.start()
+
+    @property
+    def fleet(self):
+        return self._fleet
 
     def snapshot(self) -> SessionMap:
         """The live session as a :class:`SessionMap` (copy)."""
@@ -369,6 +384,8 @@ class LoopClosureEngine:
         self._next_id = max(self._next_id, kf_id + 1)
         self._live.append(kf_id, stamp, desc, odom, K, features)
         self._index.add(kf_id, desc, stamp)
+        if self._fleet is not None:
+            self._fleet.enqueue(kf_id, stamp, desc, odom, len(self._live) - 1)
         closures = self._verify_ready(ready, kf_id, stamp, odom, K, features)
         return FrameResult(True, kf_id, closures)
 
@@ -393,13 +410,28 @@ class LoopClosureEngine:
                 if r >= 0:
                     found.append(Candidate(query_seq, stamp, prior.smap.session_of(r), int(r), int(i),
                                            float(prior.smap.stamps[r]), float(s), source=p_i))
+        if self._fleet is not None:
+            found += self._fleet_candidates(desc, stamp, query_seq, k)
         found.sort(key=lambda c: -c.score)
         found = found[:k]
         self._counts["candidates"] += len(found)
         return found
 
+    def _fleet_candidates(self, desc: np.ndarray, stamp: float, query_seq: int, k: int) -> list[Candidate]:
+        if len(self._fleet_hits) > 10_000:  # only hits of recent queries are ever verified
+            self._fleet_hits.clear()
+        found = []
+        for hit in self._fleet.search(desc, k, stamp):
+            self._fleet_hits[(hit.session, hit.kf_id)] = hit
+            found.append(Candidate(query_seq, stamp, hit.session, hit.map_row, hit.kf_id, hit.stamp, hit.score,
+                                   source=FLEET_SOURCE))
+        return found
+
     def _match_info(self, c: Candidate) -> tuple[str, LocalFeatures | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """(session id, features, K, pose, base_T_camera) of a candidate's match keyframe."""
+        if c.source == FLEET_SOURCE:  # read from the hit's session map, only now that it is verified
+            features, K, pose, bTc = self._fleet.features.get(self._fleet_hits[(c.match_session, c.match_id)])
+            return c.match_session, features, K, pose, bTc
         if c.source < 0:
             _, _, pose, K = self._live.row_info(c.match_seq)
             return self.session_id, self._live.features(c.match_seq), K, pose, self.base_T_camera

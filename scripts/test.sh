@@ -7,4 +7,6 @@ bash scripts/setup.sh
 . .venv/bin/activate
 # A domain of our own so that concurrent ROS 2 processes on the machine do not cross-talk.
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 110 ))}
+# The fleet tests start a real Milvus standalone server themselves (the `milvus` wheel, a pytest
+# session fixture with its data under the pytest tmp dir); nothing else to start here.
 exec python -m pytest test -q -p no:cacheprovider "$@"

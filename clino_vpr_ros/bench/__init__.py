@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "encoder": ("clino_vpr_ros.bench.encoder", "per-image latency: PyTorch eager vs onnxruntime CPU"),
     "index": ("clino_vpr_ros.bench.index", "keyframe index add/search latency and recall"),
     "node": ("clino_vpr_ros.bench.node", "end-to-end node latency over DDS"),
+    "fleet": ("clino_vpr_ros.bench.fleet", "robots streaming keyframes into Milvus while querying it, vs faiss"),
 }
 
 

@@ -182,6 +182,7 @@ class ClinoVprNode(Node):
         self.p = params.declare_parameters(self)
         self.add_on_set_parameters_callback(params.on_set_parameters)
         self.pipeline = self._build_pipeline()
+        self.fleet = self._attach_fleet()
         self._engine_lock = threading.Lock()
         self._K: np.ndarray | None = None
         self._odom = StampedBuffer(maxlen=500)
@@ -241,6 +242,20 @@ class ClinoVprNode(Node):
             base_T_camera=conversions.xyzquat_to_matrix(self.p.base_T_camera),
             providers=list(self.p.providers) or None,
         )
+
+    def _attach_fleet(self) -> Any:
+        """A FleetLink when fleet_uri is set (pymilvus imported only then); None otherwise."""
+        if not self.p.fleet_uri:
+            return None
+        from clino_vpr_ros.fleet import FleetConfig, FleetLink
+
+        engine = self.pipeline.engine
+        link = FleetLink(FleetConfig(uri=self.p.fleet_uri, robot_id=self.p.fleet_robot_id), engine.fingerprint,
+                         engine.descriptor_dim, self.p.session_id, self.p.map_path)
+        engine.attach_fleet(link)
+        self.get_logger().info(f"fleet index {self.p.fleet_uri} (robot {self.p.fleet_robot_id!r}): keyframes are "
+                               "written as they come; closures from other robots' and sessions' keyframes")
+        return link
 
     def _subscribe(self) -> None:
         image_qos = QoSProfile(depth=self.p.image_qos_depth, reliability=RELIABILITY[self.p.image_qos_reliability],
@@ -460,7 +475,12 @@ class ClinoVprNode(Node):
             "camera_info": "calibrated" if self._K is not None else "none",
         }
         values.update({f"engine_{k}": v for k, v in self._engine_stats().items()})
+        if self.fleet is not None:
+            values.update(self.fleet.diagnostics())
         level, message = DiagnosticStatus.OK, "ok"
+        if self.fleet is not None and not self.fleet.state.online:
+            level, message = DiagnosticStatus.WARN, (f"fleet {self.p.fleet_uri} unreachable, working on the local index; "
+                                                     f"{self.fleet.state.pending} keyframe(s) queued for it")
         if errors:
             level, message = DiagnosticStatus.ERROR, f"{errors} frame(s) failed; last: {last_error}"
         elif rejected:
@@ -482,6 +502,9 @@ class ClinoVprNode(Node):
         self._running = False
         self._queue.close()
         self._worker.join(timeout=30.0)
+        if self.fleet is not None:
+            self.fleet.sync(force=True)  # a last attempt to write what is queued
+            self.fleet.stop()
         if self._keyframe_count() == 0:  # nothing to keep: a session with no keyframe leaves no map behind
             self.get_logger().info(f"shutdown: no keyframes, no map written to {self.p.map_path}")
             return

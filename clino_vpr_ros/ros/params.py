@@ -104,6 +104,11 @@ PARAMS: tuple[ParamSpec, ...] = (
               "Empty: $ROS_HOME/clino_vpr/<session_id>.npz ($ROS_HOME defaults to ~/.ros). A file that exists at "
               "start-up (another run's map, a prior map) refuses the start: a map is never replaced; a session with "
               "no keyframe writes no map unless ~/save_map is called."),
+    ParamSpec("fleet_uri", str, "", "Milvus fleet index (e.g. http://fleet-server:19530): this session's keyframes "
+              "are added to it as they come and other robots' / sessions' keyframes found in it give closures. "
+              "Empty: no fleet (the in-process index only). Needs the `fleet` extra (pymilvus)."),
+    ParamSpec("fleet_robot_id", str, "robot", "Robot id stored with this session's keyframes in the fleet index.",
+              check=_check_session_id),
     ParamSpec("autosave_period_s", float, 60.0, "Save the map to map_path every this many seconds; 0 saves "
               "only on ~/save_map and at shutdown (SIGINT / SIGTERM).", range=(0.0, 86400.0)),
     ParamSpec("image_transport", str, "raw", "raw: subscribe `image` (sensor_msgs/Image); compressed: "
