@@ -83,6 +83,9 @@ class SessionMap:
     feature_descriptors: np.ndarray
     keypoint_depths: np.ndarray
     path: Path | None = field(default=None, compare=False)
+    # the map file as opened by :meth:`load`: memory-mapped arrays are read from it with pread,
+    # so reading features does not map file pages into this process (they would count as resident)
+    _file: object = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -127,8 +130,20 @@ class SessionMap:
         h, w = (int(v) for v in self.image_sizes[row])
         if h == 0:
             return None
-        return LocalFeatures(np.array(self.keypoints[a:b]), np.array(self.feature_descriptors[a:b]),
-                             np.array(self.keypoint_depths[a:b]), (h, w))
+        return LocalFeatures(self._rows(self.keypoints, a, b), self._rows(self.feature_descriptors, a, b),
+                             self._rows(self.keypoint_depths, a, b), (h, w))
+
+    def _rows(self, array: np.ndarray, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) of one array as a new in-memory array (pread from the file when memory-mapped)."""
+        if self._file is None or not isinstance(array, np.memmap) or not array.flags.c_contiguous:
+            return np.array(array[a:b])
+        out = np.empty((b - a, *array.shape[1:]), array.dtype)
+        if out.nbytes:
+            row_bytes = out.nbytes // (b - a)
+            got = os.preadv(self._file.fileno(), [memoryview(out).cast("B")], array.offset + a * row_bytes)
+            if got != out.nbytes:
+                raise OSError(f"{self.path}: read {got} of {out.nbytes} bytes of local features (file truncated?)")
+        return out
 
     def rows_of_session(self, session: str) -> np.ndarray:
         """int64 rows of one session, in time order."""
@@ -185,7 +200,8 @@ class SessionMap:
             raise ValueError(f"{path} is an .npz file but not a clino-vpr session map (no {FORMAT_NAME!r} header)")
         if header.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"{path} has map schema version {header.get('schema_version')}; this version reads {SCHEMA_VERSION}")
-        smap = cls(header=header, path=path, **raw)
+        mapped = any(isinstance(raw[name], np.memmap) for name in _MAPPED)
+        smap = cls(header=header, path=path, _file=open(path, "rb") if mapped else None, **raw)  # noqa: SIM115 - lives with the map
         try:
             smap.validate()
         except ValueError as e:
@@ -246,12 +262,12 @@ def _memmap_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.memmap | No
         # the CRC check np.load does while reading: a damaged map is refused, not mapped (chunked
         # file reads, so checking costs I/O but no resident memory)
         f.seek(start)
-        crc, left = 0, info.file_size
+        crc, left, buf = 0, info.file_size, bytearray(1 << 20)  # one small reused buffer
         while left:
-            chunk = f.read(min(left, 1 << 24))
-            if not chunk:
+            got = f.readinto(memoryview(buf)[:min(left, len(buf))])
+            if not got:
                 raise EOFError(f"{name}.npy is truncated")
-            crc, left = zlib.crc32(chunk, crc), left - len(chunk)
+            crc, left = zlib.crc32(memoryview(buf)[:got], crc), left - got
         if crc != info.CRC:
             raise zipfile.BadZipFile(f"bad CRC-32 for {name}.npy")
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
