@@ -235,7 +235,8 @@ def bench_map_memory(n: int, dim: int, n_features: int, seed: int) -> dict[str, 
         before = _settle()
         builder = SessionMapBuilder("bench", "bench-fingerprint", dim, feature="sift")
         for i in tqdm(range(n), desc=f"live session {n:,d} keyframes + features", unit="kf", leave=False, mininterval=1.0):
-            builder.append(i, float(i), desc, pose, None, pool)
+            feats = LocalFeatures(pool.keypoints.copy(), pool.descriptors.copy(), pool.depths.copy(), pool.image_size)
+            builder.append(i, float(i), desc, pose, None, feats)  # new arrays per keyframe, as extraction makes
         out["live"] = (_settle() - before) / n
         path = builder.snapshot().save(Path(tmp) / "bench_features.npz")
         builder.close()
