@@ -36,10 +36,16 @@ from clino_vpr_ros.ros import conversions, messages
 DEFAULT_PARAMS = find_asset("config/clino_vpr.yaml")
 
 
+#: highest DDS domain id that is safe on Linux: RTPS ports are 7400 + 250 * domain + offsets, and
+#: above domain 101 they reach the kernel's ephemeral port range (32768..60999), where another
+#: process's outgoing socket can hold them.
+MAX_DOMAIN_ID = 101
+
+
 def fresh_domain_id() -> int:
-    """A DDS domain for one run (1..230), so concurrent test runs on one host rarely meet; clients also
-    filter /diagnostics by session id, so a shared domain cannot mix up counters."""
-    return random.Random(os.getpid() ^ time.time_ns()).randint(1, 230)
+    """A DDS domain for one run (1..MAX_DOMAIN_ID), so concurrent test runs on one host rarely meet;
+    clients also filter /diagnostics by session id, so a shared domain cannot mix up counters."""
+    return random.Random(os.getpid() ^ time.time_ns()).randint(1, MAX_DOMAIN_ID)
 
 
 def _param_text(value: Any) -> str:
