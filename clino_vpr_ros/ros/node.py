@@ -11,11 +11,8 @@ or ``python -m clino_vpr_ros.ros.node --ros-args ...``. Interface: docs/ros_inte
 
 from __future__ import annotations
 
-import bisect
-import collections
 import dataclasses
 import functools
-import math
 import signal
 import sys
 import threading
@@ -39,6 +36,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from clino_vpr_ros.ros import conversions, messages, params
+from clino_vpr_ros.sync import StampedBuffer  # the pairing rule shared with the bag runner
 
 NODE_NAME = "clino_vpr"
 LATCHED = QoSProfile(
@@ -46,8 +44,6 @@ LATCHED = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
 )
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
-#: a side stream (odom, depth) counts as alive when its last message is this recent
-STREAM_ALIVE_S = 1.0
 #: longest wait of the worker for odometry / depth to reach an image's stamp (side streams race
 #: the image across DDS writers; on a loaded CPU the executor can run late by a good 0.1 s)
 SYNC_WAIT_S = 0.2
@@ -100,52 +96,6 @@ class DropOldestQueue:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-
-
-class StampedBuffer:
-    """Recent (stamp, message) pairs of a side stream; nearest-stamp lookup within a tolerance."""
-
-    def __init__(self, maxlen: int) -> None:
-        self._items: collections.deque[tuple[float, Any]] = collections.deque(maxlen=maxlen)
-        self._cond = threading.Condition()
-        self._last_arrival = -math.inf  # time.monotonic() of the newest message
-
-    def add(self, stamp: float, msg: Any) -> None:
-        with self._cond:
-            self._items.append((stamp, msg))
-            self._last_arrival = time.monotonic()
-            self._cond.notify_all()
-
-    def nearest(self, stamp: float, tolerance: float, wait_s: float = 0.0) -> Any:
-        """The message nearest ``stamp`` within ``tolerance``, or None.
-
-        Side streams race the image (separate DDS writers): when the stream has not reached
-        ``stamp`` yet (nothing received so far, or alive but behind), wait up to ``wait_s`` for a
-        message at or after it, as an approximate-time synchroniser would.
-        """
-        deadline = time.monotonic() + wait_s
-        with self._cond:
-            while (
-                (not self._items or (max(s for s, _ in self._items) < stamp
-                                     and time.monotonic() - self._last_arrival < STREAM_ALIVE_S))
-                and time.monotonic() < deadline
-            ):
-                self._cond.wait(max(0.0, deadline - time.monotonic()))
-            items = sorted(self._items, key=lambda x: x[0])
-        if not items:
-            return None
-        stamps = [s for s, _ in items]
-        i = bisect.bisect_left(stamps, stamp)
-        best = min((j for j in (i - 1, i) if 0 <= j < len(items)), key=lambda j: abs(stamps[j] - stamp))
-        return items[best][1] if abs(stamps[best] - stamp) <= tolerance else None
-
-    def seen(self) -> bool:
-        """Whether any message arrived yet."""
-        return self._last_arrival > -math.inf
-
-    def clear(self) -> None:
-        with self._cond:
-            self._items.clear()
 
 
 @dataclass
