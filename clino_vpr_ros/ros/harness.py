@@ -205,10 +205,33 @@ class NodeClient:
         with self._lock:
             self.received.masks.append((time.monotonic(), msg))
 
-    def closure_pairs(self) -> list[tuple[list[float], Odometry]]:
-        """(loop_closure_detection data, loop_closures edge) of every closure received, in order."""
+    def closure_pairs(self) -> list[tuple[list[float] | None, Odometry]]:
+        """(loop_closure_detection data or None, loop_closures edge) of every closure received, in order.
+
+        Every closure has an edge; LIO-SAM's topic carries only some (clino_vpr_ros/lio_sam.py), so
+        each edge is paired with the LIO-SAM message of the same [t_query, t_match], if any."""
         with self._lock:
-            return [(data, edge) for (_, data), (_, edge) in zip(self.received.lio, self.received.closures)]
+            lio = [data for _, data in self.received.lio]
+            edges = [edge for _, edge in self.received.closures]
+        out = []
+        for edge in edges:
+            t_query = edge.header.stamp.sec + edge.header.stamp.nanosec * 1e-9
+            data = next((d for d in lio if abs(d[0] - t_query) < 1e-6 and abs(d[1] - edge.twist.twist.linear.x) < 1e-6), None)
+            out.append((data, edge))
+        return out
+
+    def wait_for_results(self, node: NodeProcess, timeout: float = 30.0) -> None:
+        """Until every closure the node counts as published has arrived on loop_closures and every one it
+        sent LIO-SAM on loop_closure_detection, with none waiting for lio_sam_min_period_s: read
+        results after this, not after waiting on another topic."""
+        def arrived() -> bool:
+            d = self.last_diagnostics()
+            with self._lock:
+                n_edges, n_lio = len(self.received.closures), len(self.received.lio)
+            return (bool(d) and n_edges == int(d.get("closures_published", -1)) and d.get("lio_sam_pending") == "0"
+                    and n_lio == int(d.get("lio_sam_sent", -1)))
+
+        self.wait_until(arrived, timeout, "the node's closures to arrive", node)
 
     def last_diagnostics(self) -> dict[str, str]:
         with self._lock:

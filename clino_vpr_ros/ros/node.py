@@ -36,6 +36,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from clino_vpr_ros.ros import conversions, messages, params
+from clino_vpr_ros.lio_sam import LioSamConfig, LioSamGate  # the rule shared with the bag runner
 from clino_vpr_ros.sync import StampedBuffer  # the pairing rule shared with the bag runner
 
 NODE_NAME = "clino_vpr"
@@ -140,6 +141,7 @@ class ClinoVprNode(Node):
         self._queue = DropOldestQueue()
         self._stats = _Stats()
         self._markers = messages.ClosureMarkers()
+        self._lio_sam = LioSamGate(LioSamConfig(self.p.lio_sam_min_time_diff_s, self.p.lio_sam_min_period_s))
         self._last_warn: dict[str, tuple[float, int]] = {}
         self._diag_prev = (time.monotonic(), 0, 0)
 
@@ -152,6 +154,8 @@ class ClinoVprNode(Node):
         self.create_service(Trigger, "~/save_map", self._on_save_map)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_timer(self.p.diagnostics_period_s, self._on_diagnostics_timer)
+        # sends a LIO-SAM closure that had to wait for lio_sam_min_period_s
+        self.create_timer(max(self.p.lio_sam_min_period_s / 4, 0.05), self._flush_lio_sam)
         self._worker = threading.Thread(target=self._work, name="clino_vpr_inference", daemon=True)
         self._running = True
         self._worker.start()
@@ -253,6 +257,12 @@ class ClinoVprNode(Node):
         return response
 
     @_guarded
+    def _flush_lio_sam(self) -> None:
+        closure = self._lio_sam.poll(time.monotonic())
+        if closure is not None:
+            self.pub_lio.publish(messages.lio_sam_message(closure.query_stamp, closure.match_stamp))
+
+    @_guarded
     def _on_diagnostics_timer(self) -> None:
         self.pub_diag.publish(self._diagnostics())
 
@@ -332,8 +342,8 @@ class ClinoVprNode(Node):
                 self._stats.closures += 1
             if not (closure.verified or publish_unverified):
                 continue
-            self.pub_lio.publish(messages.lio_sam_message(closure.query_stamp, closure.match_stamp))
             self.pub_closures.publish(messages.closure_to_odometry(closure))
+            self._lio_sam.offer(closure)  # LIO-SAM gets only what it can place (clino_vpr_ros/lio_sam.py)
             markers_changed |= self._markers.add(closure)
             with self._stats.lock:
                 self._stats.published += 1
@@ -342,6 +352,7 @@ class ClinoVprNode(Node):
                 f"(t {closure.query_stamp:.3f} -> {closure.match_stamp:.3f}, score {closure.score:.3f}, "
                 f"verified {closure.verified}, inliers {closure.inliers})"
             )
+        self._flush_lio_sam()
         if markers_changed:
             self.pub_markers.publish(self._markers.message(self._marker_frame(), header.stamp))
         if self.get_parameter("publish_gate_mask").value and getattr(result, "mask", None) is not None:
@@ -400,6 +411,10 @@ class ClinoVprNode(Node):
             "pipeline_ms_mean": float(np.mean(pipe)) if pipe else 0.0,
             "closures_detected": closures,
             "closures_published": published,
+            "lio_sam_sent": self._lio_sam.sent,
+            "lio_sam_refused": self._lio_sam.refused,
+            "lio_sam_superseded": self._lio_sam.superseded,
+            "lio_sam_pending": int(self._lio_sam.pending),
             "camera_info": "calibrated" if self._K is not None else "none",
         }
         values.update({f"engine_{k}": v for k, v in self._engine_stats().items()})
