@@ -29,7 +29,8 @@ from tqdm import tqdm
 from clino_vpr_ros.assets import default_model_path
 from clino_vpr_ros.atomic import atomic_write
 from clino_vpr_ros.engine import ENGINE_PRESETS, LoopClosure, get_engine_config
-from clino_vpr_ros.image_msg import decode_compressed, decode_image, intrinsics
+from clino_vpr_ros.camera import CameraCalibration, calibration_from_fields
+from clino_vpr_ros.image_msg import decode_compressed, decode_image
 from clino_vpr_ros.lio_sam import LioSamConfig, schedule
 from clino_vpr_ros.sync import StampedSeries
 
@@ -172,26 +173,26 @@ def _odometry(reader: Any, odom_topic: str | None) -> tuple[StampedSeries, str]:
 
 
 def _frames(reader: Any, image_topic: str, info_topic: str | None, odom: StampedSeries, tolerance: float
-            ) -> Iterator[tuple[float, np.ndarray | None, str, np.ndarray | None, np.ndarray | None, str]]:
-    """Yields (stamp, image or None if undecodable, encoding or error, K, odom_T_base, camera frame).
+            ) -> Iterator[tuple[float, np.ndarray | None, str, CameraCalibration | None, np.ndarray | None, str]]:
+    """Yields (stamp, image or None if undecodable, encoding or error, calibration, odom_T_base, camera frame).
 
-    K is the latest valid one before the image in the bag's order (as the node keeps the last
-    camera_info); odometry is the pose nearest the image stamp within ``tolerance`` (the node's
+    The calibration (K, distortion, size) is the latest valid camera_info before the image in the
+    bag's order (as the node keeps the last one); odometry is the pose nearest the image stamp within ``tolerance`` (the node's
     rule, :mod:`clino_vpr_ros.sync`). An invalid or undecodable message is logged and skipped.
     """
     topics = {image_topic, info_topic} - {None}
     conns = [c for c in reader.connections if c.topic in topics]
-    K = None
+    camera = None
     for conn, _, raw in reader.messages(connections=conns):
         msg = _deserialize(reader, raw, conn)
         if msg is None:
             if conn.topic == image_topic:
-                yield math.nan, None, "undecodable message", K, None, ""
+                yield math.nan, None, "undecodable message", camera, None, ""
             continue
         stamp = _sec(msg.header.stamp)
         if conn.topic == info_topic:
             try:
-                K = intrinsics(msg.k)
+                camera = calibration_from_fields(msg.k, msg.d, msg.distortion_model, msg.width, msg.height)
             except ValueError as exc:
                 log.warning("skipped a %s message at %.3f s: %s", conn.msgtype, stamp, exc)
             continue
@@ -201,9 +202,9 @@ def _frames(reader: Any, image_topic: str, info_topic: str | None, odom: Stamped
             else:
                 image, encoding = decode_image(msg)
         except ValueError as exc:
-            yield stamp, None, str(exc), K, None, msg.header.frame_id
+            yield stamp, None, str(exc), camera, None, msg.header.frame_id
             continue
-        yield stamp, image, encoding, K, odom.at(stamp, tolerance), msg.header.frame_id
+        yield stamp, image, encoding, camera, odom.at(stamp, tolerance), msg.header.frame_id
 
 
 def _base_T_camera(static: dict[tuple[str, str], np.ndarray], base: str, camera: str) -> np.ndarray | None:
@@ -245,9 +246,9 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
         static = _static_transforms(reader)
         odom, odom_child = _odometry(reader, odom_topic)
         base_frame = cfg.base_frame or odom_child or "base_link"
-        pipeline = None
+        pipeline, last_refusal = None, ""
         n_images = sum(c.msgcount for c in reader.connections if c.topic == image_topic)
-        for stamp, image, encoding, K, odom_T_base, cam_frame in tqdm(
+        for stamp, image, encoding, camera, odom_T_base, cam_frame in tqdm(
                 _frames(reader, image_topic, info_topic, odom, cfg.sync_tolerance_s),
                 total=n_images, desc=f"bag {session_id}", unit="frame"):
             if image is None:
@@ -259,12 +260,16 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
                     cfg.model, get_engine_config(cfg.engine_preset), session_id, cfg.prior_maps,
                     _base_T_camera(static, base_frame, cam_frame), cfg.providers)
             try:
-                closures += pipeline.process(stamp, image, encoding, K, odom_T_base).frame_result.closures
-            except ValueError as exc:  # a frame the pipeline refuses (e.g. an image of another size than K)
+                closures += pipeline.process(stamp, image, encoding, odom_T_base=odom_T_base,
+                                             camera=camera).frame_result.closures
+            except ValueError as exc:  # a frame the pipeline refuses (e.g. an image of another size than camera_info's)
                 skipped += 1
+                last_refusal = str(exc)
                 log.warning("skipped the image at %.3f s: %s", stamp, exc)
                 continue
             frames += 1
+    if pipeline is not None and frames == 0:
+        raise ValueError(f"{bag}: every image on {image_topic} was refused; the last: {last_refusal}")
     if pipeline is None:
         raise ValueError(f"{bag}: no decodable image on {image_topic}")
     out = Path(cfg.out)

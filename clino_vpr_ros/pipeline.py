@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clino_vpr_ros.camera import CameraCalibration
 from clino_vpr_ros.engine import EngineConfig, FrameInput, FrameResult, LoopClosureEngine
 from clino_vpr_ros.preprocess import to_rgb8
 from clino_vpr_ros.verify import to_gray
@@ -66,15 +67,19 @@ class LoopClosurePipeline:
         return cls(encoder, engine)
 
     def process(self, stamp: float, image: np.ndarray, encoding: str = "rgb8", K: np.ndarray | None = None,
-                odom_T_base: np.ndarray | None = None, depth: np.ndarray | None = None) -> PipelineResult:
+                odom_T_base: np.ndarray | None = None, depth: np.ndarray | None = None,
+                camera: CameraCalibration | None = None) -> PipelineResult:
         """One camera frame.
 
         Args:
             stamp: seconds. image: in ``encoding``, any of ``preprocess.SUPPORTED_ENCODINGS``
             (uint8 (H,W,3|4) colour, (H,W) or (H,W,1) mono8/Bayer, uint16 mono16). K: float64 (3,3) of this image. odom_T_base: float64 (4,4).
-            depth: float32 (H,W) metres aligned with the image.
+            depth: float32 (H,W) metres aligned with the image. camera: the full calibration (K, distortion,
+            size) instead of K; an image of another size is refused (ValueError) before it is encoded.
         """
         t0 = time.perf_counter()
+        if camera is not None:
+            camera.check_image(*np.shape(image)[:2])
         if self.skip_early_frames and not self.engine.wants_frame(stamp):
             return PipelineResult(FrameResult(False, -1, []), None, None, 0.0, (time.perf_counter() - t0) * 1e3)
         # one conversion serves both: the encoder and the local features see the same 8-bit RGB
@@ -83,5 +88,5 @@ class LoopClosurePipeline:
         descriptor, mask = self.encoder.encode_one(rgb, encoding="rgb8")
         t1 = time.perf_counter()
         gray = to_gray(rgb, "rgb8")
-        result = self.engine.process(FrameInput(stamp, descriptor, gray, K, odom_T_base, depth))
+        result = self.engine.process(FrameInput(stamp, descriptor, gray, K, odom_T_base, depth, camera))
         return PipelineResult(result, descriptor, mask, (t1 - t0) * 1e3, (time.perf_counter() - t0) * 1e3)

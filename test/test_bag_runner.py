@@ -75,11 +75,13 @@ def test_missing_bag_and_wrong_topic_say_what_was_expected(session_dir: Path, tm
 SHORT = 60  # frames: enough keyframes to check poses and the camera mount
 
 
-def _rewrite(src: Path, dst: Path, odom_shift_s: float, corrupt_image: int | None = None) -> Path:
+def _rewrite(src: Path, dst: Path, odom_shift_s: float, corrupt_image: int | None = None,
+             info_width: int | None = None) -> Path:
     """Copy a `clino-vpr synth sessions` folder, changing its bag as a real robot's would differ:
     /tf_static as a chain base_link -> camera_link -> camera_optical_frame (translation on the first
     link, rotation on the second), odometry stamped ``odom_shift_s`` after each image, and the
-    ``corrupt_image``-th image replaced by bytes that do not deserialise."""
+    ``corrupt_image``-th image replaced by bytes that do not deserialise; camera_info claiming
+    ``info_width`` when given."""
     import shutil
 
     from rosbags.highlevel import AnyReader
@@ -114,6 +116,8 @@ def _rewrite(src: Path, dst: Path, odom_shift_s: float, corrupt_image: int | Non
                 total = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec + shift
                 msg.header.stamp = T["builtin_interfaces/msg/Time"](sec=total // 10**9, nanosec=total % 10**9)
                 ns += shift
+            elif conn.topic.endswith("camera_info") and info_width is not None:
+                msg.width = info_width
             elif conn.msgtype.startswith("sensor_msgs/msg/") and "Image" in conn.msgtype:
                 n_image += 1
                 if n_image == corrupt_image:
@@ -175,3 +179,13 @@ def test_prior_map_evaluation_finds_the_earlier_session_or_says_what_to_pass(
     assert main([str(alone), "--out", str(tmp_path / "o3"), "--model", str(shipped_model), "--prior-map", str(prior)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "ground truth of prior session(s) ['s1'] not found" in last and "--groundtruth" in last
+
+
+def test_images_of_another_size_than_the_calibration_are_refused(short_sessions: tuple[Path, Path, Session],
+                                                                  tmp_path: Path, shipped_model: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    bag = _rewrite(short_sessions[0], tmp_path / "wide", odom_shift_s=0.0, info_width=640)
+    res = run_bag(BagRunConfig(bag=bag, out=tmp_path / "out", model=shipped_model))
+    # the first image comes before any camera_info (as live); every later one is refused, saying why
+    assert (res.frames, res.skipped) == (1, SHORT - 1)
+    assert "image is 320x240 but camera_info is calibrated for 640x240" in caplog.text

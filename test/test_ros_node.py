@@ -168,12 +168,18 @@ def test_compressed_transport_skips_corrupt_jpeg(domain, model_path, tmp_path):
         good = CompressedImage(format="jpeg", data=cv2.imencode(".jpg", frame)[1].tobytes())
         garbage = np.random.default_rng(2).integers(0, 256, 5000, dtype=np.uint8).tobytes()
         corrupt = CompressedImage(format="jpeg", data=b"\xff\xd8\xff\xe0" + garbage)
-        for i, msg in enumerate([good, corrupt, good]):
+        # a frame of another size than the calibration: K and D would not apply, so it is refused
+        small = CompressedImage(format="jpeg", data=cv2.imencode(".jpg", frame[::2, ::2])[1].tobytes())
+        client.publish_camera_info(np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]]), (480, 640))
+        client.wait_until(lambda: client.last_diagnostics().get("camera_info", "").startswith("calibrated 640x480"),
+                          30, "the calibration to arrive", node)
+        for i, msg in enumerate([good, corrupt, good, small]):
             msg.header.stamp.sec = 100 + 10 * i
             client.publish_raw(msg)
             client.wait_until(lambda: client.handled() == i + 1, 30, f"compressed message {i}", node)
-        assert client.counter("frames_processed") == 2 and client.counter("frames_rejected") == 1
-        assert "corrupt" in node.log_text() and node.alive()
+        assert client.counter("frames_processed") == 2 and client.counter("frames_rejected") == 2
+        log = node.log_text()
+        assert "corrupt" in log and "image is 320x240 but camera_info is calibrated for 640x480" in log and node.alive()
     finally:
         assert _stop(node, client) == 0
 

@@ -36,6 +36,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from clino_vpr_ros.ros import conversions, messages, params
+from clino_vpr_ros.camera import CameraCalibration, calibration_from_fields
 from clino_vpr_ros.lio_sam import LioSamConfig, LioSamGate  # the rule shared with the bag runner
 from clino_vpr_ros.sync import StampedBuffer  # the pairing rule shared with the bag runner
 
@@ -134,7 +135,7 @@ class ClinoVprNode(Node):
         self.add_on_set_parameters_callback(params.on_set_parameters)
         self.pipeline = self._build_pipeline()
         self._engine_lock = threading.Lock()
-        self._K: np.ndarray | None = None
+        self._camera: CameraCalibration | None = None  # K, distortion and size of the last camera_info
         self._odom = StampedBuffer(maxlen=500)
         self._depth = StampedBuffer(maxlen=30)
         self._odom_frame = "odom"
@@ -219,7 +220,7 @@ class ClinoVprNode(Node):
     @_guarded
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
-            self._K = conversions.camera_info_to_K(msg)
+            self._camera = calibration_from_fields(msg.k, msg.d, msg.distortion_model, msg.width, msg.height)
         except ValueError as e:
             self._warn("camera_info", f"camera_info ignored: {e}")
 
@@ -300,10 +301,12 @@ class ClinoVprNode(Node):
                        f"{self.resolve_topic_name('odom')}: frame skipped (set use_odom false to run without)")
             return
         depth = self._depth_at(stamp)
-        if self._K is None and self.p.use_camera_info:
+        if self._camera is None and self.p.use_camera_info:
             self._warn("no_K", "no calibrated camera_info yet: closures are verified by a fundamental matrix only, with no relative pose")
         with self._engine_lock:
-            result = self.pipeline.process(stamp, image, encoding=encoding, K=self._K, odom_T_base=odom_T_base, depth=depth)
+            # camera: undistorted keypoints, and an image of another size than camera_info's is refused
+            result = self.pipeline.process(stamp, image, encoding=encoding, odom_T_base=odom_T_base, depth=depth,
+                                           camera=self._camera)
         self._publish(result, msg.header)
         with self._stats.lock:
             self._stats.processed += 1
@@ -415,7 +418,8 @@ class ClinoVprNode(Node):
             "lio_sam_refused": self._lio_sam.refused,
             "lio_sam_superseded": self._lio_sam.superseded,
             "lio_sam_pending": int(self._lio_sam.pending),
-            "camera_info": "calibrated" if self._K is not None else "none",
+            "camera_info": "none" if self._camera is None else (
+                f"calibrated {self._camera.width}x{self._camera.height} {self._camera.distortion_model or 'no distortion'}"),
         }
         values.update({f"engine_{k}": v for k, v in self._engine_stats().items()})
         level, message = DiagnosticStatus.OK, "ok"
