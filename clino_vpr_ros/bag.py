@@ -63,6 +63,8 @@ class BagRunConfig:
     #: robot base frame; empty: the odometry's child_frame_id (base_link when there is none)
     base_frame: str = ""
     lio_sam: LioSamConfig = LioSamConfig()
+    #: on a GPU provider, run despite an encoder that does not match onnxruntime CPU (a warning)
+    parity_warn_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,7 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
             if pipeline is None:
                 pipeline = LoopClosurePipeline.from_files(
                     cfg.model, get_engine_config(cfg.engine_preset), session_id, cfg.prior_maps,
-                    _base_T_camera(static, base_frame, cam_frame), cfg.providers)
+                    _base_T_camera(static, base_frame, cam_frame), cfg.providers, cfg.parity_warn_only)
             try:
                 closures += pipeline.process(stamp, image, encoding, odom_T_base=odom_T_base,
                                              camera=camera).frame_result.closures
@@ -366,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: the odometry's child_frame_id)")
     p.add_argument("--lio-sam-min-time-diff-s", type=float, default=LioSamConfig.min_time_diff_s,
                    help="the node's lio_sam_min_time_diff_s (for /loop_closure_detection in the output bag)")
+    p.add_argument("--parity-warn-only", action="store_true",
+                   help="on a GPU provider, run even when the encoder does not match onnxruntime CPU (warning)")
     p.add_argument("--lio-sam-min-period-s", type=float, default=LioSamConfig.min_period_s,
                    help="the node's lio_sam_min_period_s")
     args = p.parse_args(argv)
@@ -376,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                        camera_info_topic=args.camera_info_topic, odom_topic=args.odom_topic,
                        prior_maps=tuple(args.prior_map), save_map=args.save_map,
                        sync_tolerance_s=args.sync_tolerance_s, base_frame=args.base_frame,
-                       lio_sam=LioSamConfig(args.lio_sam_min_time_diff_s, args.lio_sam_min_period_s))
+                       lio_sam=LioSamConfig(args.lio_sam_min_time_diff_s, args.lio_sam_min_period_s),
+                       parity_warn_only=args.parity_warn_only)
     res = run_bag(cfg)
     for c in res.closures:
         print(f"closure {c.query_session}/{c.query_id} @ {c.query_stamp:.2f}s -> {c.match_session}/{c.match_id} "

@@ -55,11 +55,18 @@ class LoopClosurePipeline:
 
     @classmethod
     def from_files(cls, model_path: str | Path, engine_cfg: EngineConfig, session_id: str, prior_maps: Sequence[str | Path] = (),
-                   base_T_camera: np.ndarray | None = None, providers: Sequence[str] | None = None) -> LoopClosurePipeline:
-        """Load the ONNX encoder and the prior maps (refused when built by another model)."""
-        from clino_vpr_ros.runtime import RuntimeEncoder
+                   base_T_camera: np.ndarray | None = None, providers: Sequence[str] | None = None,
+                   parity_warn_only: bool = False) -> LoopClosurePipeline:
+        """Load the ONNX encoder and the prior maps (refused when built by another model).
+
+        On a GPU provider the encoder is first compared with onnxruntime CPU
+        (:func:`~clino_vpr_ros.runtime.check_provider_parity`): a mismatch refuses to start
+        (ValueError) unless ``parity_warn_only``.
+        """
+        from clino_vpr_ros.runtime import RuntimeEncoder, check_provider_parity
 
         encoder = RuntimeEncoder(model_path, providers=providers)
+        check_provider_parity(encoder, warn_only=parity_warn_only)
         engine = LoopClosureEngine(engine_cfg, int(encoder.metadata.descriptor_dim), encoder.metadata.fingerprint,
                                    session_id, base_T_camera)
         for path in prior_maps:

@@ -189,6 +189,7 @@ class ClinoVprNode(Node):
             prior_maps=tuple(self.p.prior_maps),
             base_T_camera=conversions.xyzquat_to_matrix(self.p.base_T_camera),
             providers=list(self.p.providers) or None,
+            parity_warn_only=self.p.parity_warn_only,
         )
 
     def _subscribe(self) -> None:

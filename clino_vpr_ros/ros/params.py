@@ -127,6 +127,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               "[x, y, z, qx, qy, qz, qw]. Default: optical frame at the base origin.", check=_check_pose7),
     ParamSpec("publish_unverified", bool, False, "Also publish closures that were not geometrically verified "
               "(covariance[0] = -1 on loop_closures); LIO-SAM's topic never carries them."),
+    ParamSpec("parity_warn_only", bool, False, "On a GPU provider the encoder is compared with onnxruntime CPU at "
+              "start-up; a mismatch (e.g. an fp16 engine that lost accuracy) stops the node unless this is true "
+              "(then a loud warning)."),
     ParamSpec("lio_sam_min_time_diff_s", float, 30.0, "Least |t_query - t_match| of a closure sent on "
               "loop_closure_detection (LIO-SAM's historyKeyframeSearchTimeDiff: it rejects closer pairs).",
               range=(0.0, 86400.0)),
