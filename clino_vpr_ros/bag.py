@@ -223,12 +223,14 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
     from rosbags.typesys import Stores, get_typestore
 
     from clino_vpr_ros.pipeline import LoopClosurePipeline
+    from clino_vpr_ros.runtime import read_metadata
 
     bag = Path(cfg.bag)
     if not bag.exists():
         raise FileNotFoundError(f"bag not found: {bag}; expected a ROS 2 bag folder (metadata.yaml + .mcap/.db3)")
     if not (bag / "metadata.yaml").is_file() and (bag / "bag" / "metadata.yaml").is_file():
         bag = bag / "bag"  # a folder written by `clino-vpr synth sessions`
+    read_metadata(cfg.model)  # a missing, corrupt or foreign model fails now, not after the bag is opened
     meta = _session_meta(bag)
     session_id = cfg.session_id or meta.get("session_id") or bag.resolve().parent.name
     typestore = get_typestore(Stores.ROS2_HUMBLE)

@@ -54,6 +54,11 @@ def run_command(name: str, rest: list[str], debug: bool = False) -> int:
     try:
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)
+    except SystemExit as exc:  # argparse: usage errors already printed as one line; --help
+        if isinstance(exc.code, str):
+            print(f"clino-vpr {name}: error: {exc.code}", file=sys.stderr)
+            return 2
+        return int(exc.code or 0)
     except KeyboardInterrupt:
         print(f"clino-vpr {name}: interrupted", file=sys.stderr)
         return 130
