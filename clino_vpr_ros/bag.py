@@ -1,9 +1,13 @@
 """``clino-vpr bag``: the loop-closure pipeline over a ROS 2 bag, offline (no ROS install needed).
 
 Reads images (``sensor_msgs/Image`` or ``CompressedImage``), ``CameraInfo``, ``nav_msgs/Odometry``
-and ``/tf_static`` with ``rosbags``; runs the same :class:`LoopClosurePipeline` as the node; writes
-the closures to an output bag (the node's two topics, same message mapping) and to a CSV; prints
-precision/recall when the ground truth written by ``clino-vpr synth`` lies beside the bag.
+and ``/tf_static`` with ``rosbags``; runs the same :class:`LoopClosurePipeline` as the node, with the
+node's rules: odometry nearest each image within ``sync_tolerance_s`` (:mod:`clino_vpr_ros.sync`),
+camera_info distortion used and other image sizes refused (:mod:`clino_vpr_ros.camera`), the camera
+mount composed along the ``/tf_static`` chain from the odometry's child frame to the image frame.
+Writes the closures to an output bag (the node's two topics, same message mapping, LIO-SAM's topic
+with the node's selection, :mod:`clino_vpr_ros.lio_sam`) and to a CSV; prints precision/recall when
+the ground truth written by ``clino-vpr synth`` lies beside the bag (and beside each prior map's bag).
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from tqdm import tqdm
 
 from clino_vpr_ros.assets import default_model_path
 from clino_vpr_ros.atomic import atomic_write
-from clino_vpr_ros.engine import ENGINE_PRESETS, LoopClosure, get_engine_config
 from clino_vpr_ros.camera import CameraCalibration, calibration_from_fields
+from clino_vpr_ros.engine import ENGINE_PRESETS, LoopClosure, get_engine_config
 from clino_vpr_ros.image_msg import decode_compressed, decode_image
 from clino_vpr_ros.lio_sam import LioSamConfig, schedule
 from clino_vpr_ros.sync import StampedSeries
@@ -179,8 +183,9 @@ def _frames(reader: Any, image_topic: str, info_topic: str | None, odom: Stamped
     """Yields (stamp, image or None if undecodable, encoding or error, calibration, odom_T_base, camera frame).
 
     The calibration (K, distortion, size) is the latest valid camera_info before the image in the
-    bag's order (as the node keeps the last one); odometry is the pose nearest the image stamp within ``tolerance`` (the node's
-    rule, :mod:`clino_vpr_ros.sync`). An invalid or undecodable message is logged and skipped.
+    bag's order (as the node keeps the last one); odometry is the pose nearest the image stamp
+    within ``tolerance`` (the node's rule, :mod:`clino_vpr_ros.sync`), read beforehand by
+    :func:`_odometry`. An invalid or undecodable message is logged and skipped.
     """
     topics = {image_topic, info_topic} - {None}
     conns = [c for c in reader.connections if c.topic in topics]

@@ -35,9 +35,9 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from clino_vpr_ros.ros import conversions, messages, params
 from clino_vpr_ros.camera import CameraCalibration, calibration_from_fields
 from clino_vpr_ros.lio_sam import LioSamConfig, LioSamGate  # the rule shared with the bag runner
+from clino_vpr_ros.ros import conversions, messages, params
 from clino_vpr_ros.sync import StampedBuffer  # the pairing rule shared with the bag runner
 
 NODE_NAME = "clino_vpr"
