@@ -61,9 +61,11 @@ def run_session(client: NodeClient, domain: int, session: Session, out: Path, mo
     if priors:
         params["prior_maps"] = [str(p) for p in priors]
     node = NodeProcess(domain, out / f"node_{session.session_id}.log", params=params)
+    before = client.received_counts()
     try:
         client.wait_for_node(node, timeout=90.0)
         play(client, node, session, rate_hz)
+        client.wait_for_results(node, before=before)  # every closure it published has arrived
         response = client.call("/clino_vpr/save_map")
         if not response.success:
             raise RuntimeError(f"save_map failed: {response.message}")

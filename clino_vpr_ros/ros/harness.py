@@ -220,16 +220,21 @@ class NodeClient:
             out.append((data, edge))
         return out
 
-    def wait_for_results(self, node: NodeProcess, timeout: float = 30.0) -> None:
+    def received_counts(self) -> tuple[int, int]:
+        """(loop_closures, loop_closure_detection) messages received so far."""
+        with self._lock:
+            return len(self.received.closures), len(self.received.lio)
+
+    def wait_for_results(self, node: NodeProcess, timeout: float = 30.0, before: tuple[int, int] = (0, 0)) -> None:
         """Until every closure the node counts as published has arrived on loop_closures and every one it
         sent LIO-SAM on loop_closure_detection, with none waiting for lio_sam_min_period_s: read
-        results after this, not after waiting on another topic."""
+        results after this, not after waiting on another topic. ``before``: :meth:`received_counts`
+        from before this node started (when the client outlives a node)."""
         def arrived() -> bool:
             d = self.last_diagnostics()
-            with self._lock:
-                n_edges, n_lio = len(self.received.closures), len(self.received.lio)
-            return (bool(d) and n_edges == int(d.get("closures_published", -1)) and d.get("lio_sam_pending") == "0"
-                    and n_lio == int(d.get("lio_sam_sent", -1)))
+            n_edges, n_lio = self.received_counts()
+            return (bool(d) and n_edges - before[0] == int(d.get("closures_published", -1))
+                    and d.get("lio_sam_pending") == "0" and n_lio - before[1] == int(d.get("lio_sam_sent", -1)))
 
         self.wait_until(arrived, timeout, "the node's closures to arrive", node)
 
