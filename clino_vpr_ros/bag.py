@@ -396,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{res.frames} frames ({res.skipped} undecodable skipped), {len(res.closures)} closures -> {res.csv}, {res.bag}"
           + (f", map {res.map}" if res.map else ""))
     gt = list(args.groundtruth) or _default_groundtruth(bag, cfg.prior_maps)
+    if len(gt) == 1 and cfg.prior_maps:  # one folder would be taken for every session: a wrong score
+        print("no evaluation: with --prior-map pass --groundtruth for this session and each prior one, earlier first")
+        gt = []
     if gt:
         from clino_vpr_ros.evaluate import evaluate_closures, read_closures_csv
 
