@@ -69,6 +69,7 @@ class BagRunConfig:
     lio_sam: LioSamConfig = LioSamConfig()
     #: on a GPU provider, run despite an encoder that does not match onnxruntime CPU (a warning)
     parity_warn_only: bool = False
+    overwrite_map: bool = False  # let save_map replace an existing file (never a prior map)
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,11 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
 
     from clino_vpr_ros.pipeline import LoopClosurePipeline
     from clino_vpr_ros.runtime import read_metadata
+    from clino_vpr_ros.session_map import MapWriter
 
+    # refuse an existing --save-map before reading the bag, not after
+    writer = MapWriter(cfg.save_map, overwrite=cfg.overwrite_map, read_only=cfg.prior_maps,
+                       hint="pass --overwrite to replace it") if cfg.save_map else None
     bag = Path(cfg.bag)
     if not bag.exists():
         raise FileNotFoundError(f"bag not found: {bag}; expected a ROS 2 bag folder (metadata.yaml + .mcap/.db3)")
@@ -285,7 +290,7 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_closures_csv(closures, out / "closures.csv")
     bag_path = write_closures_bag(closures, out / "closures", typestore, cfg.lio_sam)
-    map_path = pipeline.engine.save_map(cfg.save_map) if cfg.save_map else None
+    map_path = writer.save(pipeline.engine.snapshot()) if writer else None
     keyframe_stamps = np.asarray(pipeline.engine.snapshot().stamps, np.float64)  # the live session only
     return BagRunResult(closures, frames, skipped, csv_path, bag_path, map_path, session_id, keyframe_stamps)
 
@@ -365,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--camera-info-topic")
     p.add_argument("--odom-topic")
     p.add_argument("--prior-map", type=Path, action="append", default=[], help="earlier session map (repeatable)")
-    p.add_argument("--save-map", type=Path, help="write this session's map here")
+    p.add_argument("--save-map", type=Path, help="write this session's map here (an existing file is refused)")
+    p.add_argument("--overwrite", action="store_true", help="let --save-map replace an existing file")
     p.add_argument("--groundtruth", type=Path, action="append", default=[],
                    help="ground-truth session folders, earlier sessions first (default: the one beside the bag "
                         "and, for each --prior-map, its session's folder where `clino-vpr synth sessions` put it)")
@@ -388,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                        prior_maps=tuple(args.prior_map), save_map=args.save_map,
                        sync_tolerance_s=args.sync_tolerance_s, base_frame=args.base_frame,
                        lio_sam=LioSamConfig(args.lio_sam_min_time_diff_s, args.lio_sam_min_period_s),
-                       parity_warn_only=args.parity_warn_only)
+                       parity_warn_only=args.parity_warn_only,
+                       overwrite_map=args.overwrite)
     res = run_bag(cfg)
     for c in res.closures:
         print(f"closure {c.query_session}/{c.query_id} @ {c.query_stamp:.2f}s -> {c.match_session}/{c.match_id} "

@@ -17,6 +17,8 @@ from clino_vpr_ros.camera import CameraCalibration, calibration_from_fields, und
 from clino_vpr_ros.engine import EngineConfig, FrameInput, LoopClosureEngine, camera_to_base
 from clino_vpr_ros.verify import VerifyConfig, extract_features, to_gray, verify_pair
 
+pytestmark = pytest.mark.runtime
+
 W, H, PAD = 320, 240, 120
 LENSES = {  # wide-angle lenses: up to ~40 px of distortion at the corners of a 320x240 image
     "plumb_bob": [-0.3, 0.09, 0.0005, -0.0005, 0.0],

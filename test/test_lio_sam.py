@@ -9,6 +9,8 @@ import pytest
 from clino_vpr_ros.engine import LoopClosure
 from clino_vpr_ros.lio_sam import LioSamConfig, LioSamGate, rejection_reason, schedule
 
+pytestmark = pytest.mark.runtime
+
 
 def closure(t_query: float, t_match: float, session: str = "today", match_session: str = "today",
             verified: bool = True, inliers: int = 50) -> LoopClosure:

@@ -1,4 +1,4 @@
-"""The pairing rule (clino_vpr_ros/sync.py) and the node's drop-oldest queue, deterministically (no DDS, no sleeps)."""
+"""The pairing rule (clino_vpr_ros/sync.py), deterministically (no DDS, no sleeps)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import threading
 import pytest
 
 from clino_vpr_ros.sync import StampedBuffer, StampedSeries, nearest_index
+
+pytestmark = pytest.mark.runtime
 
 
 class FakeClock:
@@ -65,32 +67,3 @@ def test_buffer_is_bounded() -> None:
     assert buffer.nearest(0.0, 0.5) is None and buffer.nearest(9.0, 0.5) == 9 and buffer.seen()
     buffer.clear()
     assert buffer.nearest(9.0, 0.5) is None
-
-
-# ------------------------------------------------------------------ the node's drop-oldest queue
-node = pytest.importorskip("clino_vpr_ros.ros.node")  # imports rclpy; no DDS is used here
-
-
-def test_drop_oldest_queue_hands_over_the_newest_frame_and_counts_the_replaced_ones() -> None:
-    q = node.DropOldestQueue()
-    for frame in range(30):  # a burst faster than the worker: only the newest survives
-        q.put(frame)
-    assert q.get(timeout=0.0) == 29 and q.dropped == 29
-    assert q.get(timeout=0.0) is None  # nothing piles up behind it
-    q.put("next")
-    assert q.get(timeout=0.0) == "next" and q.dropped == 29
-
-
-def test_drop_oldest_queue_wakes_the_worker_on_put_and_on_close() -> None:
-    q = node.DropOldestQueue()
-    got: list[object] = []
-    worker = threading.Thread(target=lambda: got.append(q.get(timeout=60.0)))
-    worker.start()
-    q.put("frame")
-    worker.join(timeout=60.0)
-    assert got == ["frame"]
-    worker = threading.Thread(target=lambda: got.append(q.get(timeout=60.0)))
-    worker.start()
-    q.close()
-    worker.join(timeout=60.0)
-    assert got == ["frame", None] and not worker.is_alive()
