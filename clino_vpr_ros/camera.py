@@ -87,12 +87,24 @@ class CameraCalibration:
             try:
                 out = cv2.fisheye.undistortPoints(pts, self.K, self.D, R=np.eye(3), P=self.K, criteria=_UNDISTORT_CRITERIA)
             except (TypeError, cv2.error):  # OpenCV < 4.7 (Ubuntu 22.04): no criteria, its own 10 iterations
-                out = cv2.fisheye.undistortPoints(pts, self.K, self.D, R=np.eye(3), P=self.K)
+                out = self._refine_fisheye(pts, cv2.fisheye.undistortPoints(pts, self.K, self.D, R=np.eye(3), P=self.K))
         elif hasattr(cv2, "undistortPointsIter"):  # OpenCV 4.x spells the iterative variant so
             out = cv2.undistortPointsIter(pts, self.K, self.D, np.eye(3), self.K, _UNDISTORT_CRITERIA)
         else:  # OpenCV 5: criteria on undistortPoints itself
             out = cv2.undistortPoints(pts, self.K, self.D, R=np.eye(3), P=self.K, criteria=_UNDISTORT_CRITERIA)
         return out.reshape(-1, 2).astype(np.float32)
+
+    def _refine_fisheye(self, raw: np.ndarray, undistorted: np.ndarray, steps: int = 20) -> np.ndarray:
+        """Fixed-point refinement of fisheye undistortion where OpenCV stops early (4.5: 10 steps, about
+        a pixel off at the border of a wide lens): move each estimate by its reprojection residual."""
+        K_inv = np.linalg.inv(self.K)
+        und = undistorted.reshape(-1, 2).astype(np.float64)
+        for _ in range(steps):
+            # contiguous: OpenCV 4.5's bindings misread a strided view
+            normalised = np.ascontiguousarray((np.c_[und, np.ones(len(und))] @ K_inv.T)[:, :2]).reshape(-1, 1, 2)
+            again = cv2.fisheye.distortPoints(normalised, self.K, self.D).reshape(-1, 2)
+            und += raw.reshape(-1, 2) - again
+        return und.reshape(-1, 1, 2)
 
 
 def calibration_from_fields(k: Sequence[float], d: Sequence[float], distortion_model: str, width: int,

@@ -77,7 +77,8 @@ def test_verification_recovers_the_pose_of_distorted_views_only_with_D(room: Roo
         return _rot_err_deg(T[:3, :3], truth[:3, :3]), float(np.linalg.norm(T[:3, 3] - truth[:3, 3]))
 
     rot, trans = pose_error(undistort_features(fq, camera), undistort_features(fm, camera))
-    assert rot < 1.0 and trans < 0.1, (rot, trans)
+    # (centimetres with OpenCV 5, about 0.13 m for the fisheye lens with Ubuntu 22.04's OpenCV 4.5)
+    assert rot < 1.0 and trans < 0.2, (rot, trans)
     rot_raw, trans_raw = pose_error(fq, fm)  # D ignored: the lens bends every ray
     assert rot_raw > 5.0 and trans_raw > 1.0, (rot_raw, trans_raw)
 
