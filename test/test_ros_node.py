@@ -8,6 +8,7 @@ Each test module run uses its own DDS domain so concurrent runs on one host do n
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 from pathlib import Path
 
