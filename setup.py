@@ -26,6 +26,7 @@ RUNTIME = [
     "matplotlib>=3.5",
     "tqdm>=4.57",
     "pyyaml>=5.4",
+    "pillow>=9.0.1",  # PIL bilinear resize, the preprocessing imported SALAD weights expect (Humble: 9.0.1)
 ]
 TRAIN = [
     "torch>=2.2",

@@ -20,6 +20,7 @@ import zipfile
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("clino_vpr_ros.export", "export a gated encoder to ONNX (+fp16) and check parity"),
+    "import": ("clino_vpr_ros.import_salad", "import published weights (DINOv2-SALAD checkpoint) to ONNX"),
     "train": ("clino_vpr_ros.train", "train the gated encoder on a GSV-Cities-format folder"),
     "eval": ("clino_vpr_ros.evaluate", "Recall@K on downloader-format folders; loop-closure PR"),
     "synth": ("clino_vpr_ros.synth.cli", "generate synthetic towns, datasets and ROS 2 bags"),

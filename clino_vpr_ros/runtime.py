@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
+from clino_vpr_ros.config import RESIZE_POLICIES
 from clino_vpr_ros.preprocess import to_model_batch
 
 LOG = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class ModelMetadata:
 
     input_size: (height, width) of the NHWC uint8 RGB input. descriptor_dim: D.
     mask_size: (h, w) of the gate mask. preset: model preset name. fingerprint: weights fingerprint
-    of the PyTorch model it was exported from. fp16: fp16 towers.
+    of the PyTorch model it was exported from. fp16: fp16 towers. resize: how a camera frame is
+    brought to ``input_size`` (``config.RESIZE_POLICIES``; absent in older models, which mean "area").
     """
 
     input_size: tuple[int, int]
@@ -63,6 +65,7 @@ class ModelMetadata:
     fp16: bool
     package_version: str = ""
     config_json: str = field(default="", repr=False)
+    resize: str = "area"
 
     def to_props(self) -> dict[str, str]:
         """ONNX metadata_props (string -> string)."""
@@ -81,6 +84,7 @@ class ModelMetadata:
             "precision": "fp16" if self.fp16 else "fp32",
             "package_version": self.package_version,
             "model_config": self.config_json,
+            "resize_policy": self.resize,
         }
 
     @classmethod
@@ -110,6 +114,7 @@ class ModelMetadata:
                 fp16=props["precision"] == "fp16",
                 package_version=props.get("package_version", ""),
                 config_json=props.get("model_config", ""),
+                resize=_parse_resize(props.get("resize_policy", "area")),
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{source} has incomplete or malformed clino_vpr_ros metadata: {exc!r}") from exc
@@ -230,7 +235,8 @@ class RuntimeEncoder:
             )
         descs, masks = [], []
         for start in range(0, len(images), self.batch_size):
-            batch = to_model_batch(list(images[start : start + self.batch_size]), self.metadata.input_size, encoding)
+            chunk = list(images[start : start + self.batch_size])
+            batch = to_model_batch(chunk, self.metadata.input_size, encoding, self.metadata.resize)
             d, m = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
             descs.append(d)
             masks.append(m)
@@ -306,6 +312,12 @@ def parity_images(image_size: tuple[int, int], n: int = 4, seed: int = 0) -> np.
         img[(xx // 16 + yy // 16 + i) % 5 == 0] = rng.uniform(0, 255, size=3)  # blocks: edges for the ViT
         images.append(np.clip(img, 0, 255).astype(np.uint8))
     return np.stack(images)
+
+
+def _parse_resize(policy: str) -> str:
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"resize_policy {policy!r} unknown to this package (valid: {RESIZE_POLICIES})")
+    return policy
 
 
 def _parse_size(text: str) -> tuple[int, int]:
