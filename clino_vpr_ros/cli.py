@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: that is not there), as raised by our code and by the readers of user files
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError)
 #: file-reader libraries whose own exception classes (not derived from the above) are about the file
-USER_ERROR_MODULES = ("rosbags", "onnxruntime", "onnx", "yaml", "google.protobuf")
+USER_ERROR_MODULES = ("rosbags", "onnxruntime", "onnx", "yaml", "google.protobuf", "safetensors")
 
 
 def is_user_error(exc: BaseException) -> bool:

@@ -47,6 +47,7 @@ def _cases(f: dict[str, Path]) -> list[tuple[list[str], str]]:
         (["eval", "loops", "--closures", missing, "--groundtruth", str(f["bag"]), "--out", str(r / "e")], "not found"),
         (["eval", "loops", "--closures", str(f["closures.csv"]), "--groundtruth", str(f["bag"]), "--out", str(r / "e")], "is not a closures CSV"),
         (["eval", "recall", "--data", str(r / "empty"), "--model", str(f["model.onnx"])], "is not a loadable ONNX model"),
+        (["import", "salad", str(f["weights.safetensors"]), "--out", str(r / "i.onnx")], "SafetensorError"),
         (["synth", "sessions", "--out", str(r / "ss"), "--frames", "5"], "cannot lap even one block"),
         (["train", "--data", missing, "--out", str(r / "run")], "is not a GSV-Cities-format folder"),
         (["train", "--data", str(r / "empty"), "--out", str(r / "run")], "is not a GSV-Cities-format folder"),
