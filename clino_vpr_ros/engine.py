@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clino_vpr_ros.camera import CameraCalibration, undistort_features
 from clino_vpr_ros.candidates import Candidate, CandidateConfig, CandidateFilter
 from clino_vpr_ros.index import IndexConfig, KeyframeIndex
 from clino_vpr_ros.keyframes import KeyframeConfig, KeyframeSelector
@@ -94,7 +95,9 @@ class FrameInput:
     stamp: seconds; descriptor: float32 (D,) L2-normalised; image: uint8 (H,W) gray or (H,W,3) RGB
     at the original resolution (None: no geometric verification possible); K: float64 (3,3)
     intrinsics of that image or None; odom_T_base: float64 (4,4) or None; depth: float32 (H,W)
-    metres aligned with the image, or None.
+    metres aligned with the image, or None. camera: the full calibration (K, distortion, size)
+    instead of ``K`` (not both): keypoints are undistorted before they are stored and verified,
+    and an image of another size than the calibration's is refused (ValueError).
     """
 
     stamp: float
@@ -103,6 +106,7 @@ class FrameInput:
     K: np.ndarray | None = None
     odom_T_base: np.ndarray | None = None
     depth: np.ndarray | None = None
+    camera: CameraCalibration | None = None
 
 
 @dataclass(frozen=True)
@@ -346,6 +350,11 @@ class LoopClosureEngine:
                 raise ValueError(f"image must be uint8 (H,W) or (H,W,3) RGB, got {img.dtype} {img.shape}")
             if frame.depth is not None and frame.depth.shape != img.shape[:2]:
                 raise ValueError(f"depth shape {frame.depth.shape} must equal the image's {img.shape[:2]}")
+        if frame.camera is not None:
+            if frame.K is not None:
+                raise ValueError("give the intrinsics as K or as camera, not both")
+            if frame.image is not None:
+                frame.camera.check_image(*frame.image.shape[:2])
         for name, value, shape in (("K", frame.K, (3, 3)), ("odom_T_base", frame.odom_T_base, (4, 4))):
             if value is not None and (np.shape(value) != shape or not np.all(np.isfinite(value))):
                 raise ValueError(f"{name} must be a finite {shape} array, got shape {np.shape(value)}")
@@ -365,7 +374,9 @@ class LoopClosureEngine:
         features = None
         if frame.image is not None:
             features = extract_features(to_gray(frame.image), self.cfg.verify, frame.depth)
-        K = None if frame.K is None else np.asarray(frame.K, np.float64)
+            # stored and verified as pinhole pixels of K (clino_vpr_ros/camera.py): one meaning in every map
+            features = undistort_features(features, frame.camera)
+        K = frame.camera.K if frame.camera is not None else None if frame.K is None else np.asarray(frame.K, np.float64)
         return self._add_keyframe(self._next_id, frame.stamp, desc, odom, K, features)
 
     def replay_keyframe(self, smap: SessionMap, row: int) -> FrameResult:

@@ -185,6 +185,12 @@ class SessionMap:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"session map {path} does not exist")
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        # np.load would try a non-zip file as a pickle and blame allow_pickle: say what the file is not
+        if magic != b"PK\x03\x04":
+            raise ValueError(f"{path} is not a clino-vpr session map: not a .npz (zip) file "
+                             f"(starts with {magic!r}); the file was left untouched")
         try:
             with zipfile.ZipFile(path) as zf:
                 raw = {name: _memmap_member(path, zf, name) for name in _MAPPED}
