@@ -25,6 +25,10 @@ is refused by an engine running another model), ``frame_id``, the local ``featur
 a temporary sibling, fsync'ed, then ``os.replace``'d over the target, so a crash mid-save leaves
 the previous map intact (a stale ``.<name>.tmp-<pid>`` file may remain and is ignored).
 
+Local features stay on disk: :meth:`SessionMap.load` memory-maps them (read per keyframe with
+``pread``), and :class:`SessionMapBuilder` spools a live session's to an unlinked temporary file;
+resident memory per keyframe is a few hundred bytes beyond the keyframe index.
+
 A map is the user's data: :meth:`SessionMap.save` never replaces an existing file unless told to,
 and every writer of the package (the node's autosave / ``~/save_map`` / shutdown save, the engine,
 ``clino-vpr bag --save-map``, ``clino-vpr merge --out``) goes through :class:`MapWriter`, which
