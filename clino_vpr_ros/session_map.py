@@ -312,10 +312,12 @@ class _Spool:
         self._file = tempfile.TemporaryFile(prefix="clino_vpr_spool_", dir=directory)
         self.rows = 0
 
-    def append(self, values: np.ndarray) -> None:
-        """Append rows: ``values`` of shape (k, *row_shape) (cast to the spool's dtype)."""
+    def write(self, at: int, values: np.ndarray) -> None:
+        """Write rows ``values`` (k, *row_shape) (cast to the spool's dtype) from row ``at`` on; the
+        spool then ends there. ``at`` comes from the caller's committed count, so rows left by a
+        write that failed half-way are overwritten, never counted."""
         data = memoryview(np.ascontiguousarray(values, self.dtype).reshape(-1, *self.row_shape)).cast("B")
-        offset, fd = self.rows * self.row_bytes, self._file.fileno()
+        offset, fd = at * self.row_bytes, self._file.fileno()
         while len(data):  # a regular file writes all at once; loop anyway, as os.pwrite may not
             done = os.pwrite(fd, data, offset)
             data, offset = data[done:], offset + done
@@ -375,15 +377,20 @@ class SessionMapBuilder:
         if features is not None and len(features) and np.shape(features.descriptors)[1:] != (self._width,):
             raise ValueError(f"local feature descriptors are {np.shape(features.descriptors)}, this map holds "
                              f"{self.header['feature']} ({self._width} bytes each)")
+        if features is not None and not len(features) == len(features.descriptors) == len(features.depths):
+            raise ValueError(f"local features disagree: {len(features)} keypoints, {len(features.descriptors)} "
+                             f"descriptors, {len(features.depths)} depths")
         n = len(self._rows)
-        self._desc.append(np.asarray(descriptor, np.float32).reshape(1, self.descriptor_dim))
+        self._desc.write(n, np.asarray(descriptor, np.float32).reshape(1, self.descriptor_dim))
         nan4, nan3 = np.full((4, 4), np.nan), np.full((3, 3), np.nan)
         size = features.image_size if features is not None else (0, 0)
+        at = end = self._offsets[-1]
         if features is not None and len(features):
-            self._keypoints.append(features.keypoints)
-            self._feature_desc.append(features.descriptors)
-            self._depths.append(features.depths)
-        self._offsets.append(self._keypoints.rows)
+            for spool, values in ((self._keypoints, features.keypoints), (self._feature_desc, features.descriptors),
+                                  (self._depths, features.depths)):
+                spool.write(at, values)
+            end = at + len(features)
+        self._offsets.append(end)  # committed: rows and offsets grow only once every write is done
         self._rows.append((int(kf_id), float(stamp), nan4 if pose is None else np.asarray(pose, float),
                            nan3 if K is None else np.asarray(K, float), (int(size[0]), int(size[1]))))
         return n
@@ -412,17 +419,18 @@ class SessionMapBuilder:
         spools (later appends do not change them), so saving streams them to the map file
         without gathering them in RAM.
         """
-        n = len(self._rows)
-        offsets = np.asarray(self._offsets, np.int64)
+        rows = self._rows[:]  # the first n rows: an append racing with this stays out of the snapshot
+        n = len(rows)
+        offsets = np.asarray(self._offsets[: n + 1], np.int64)
         return SessionMap(
             header=dict(self.header),
-            ids=np.array([r[0] for r in self._rows], np.int64),
-            stamps=np.array([r[1] for r in self._rows], np.float64),
-            poses=np.array([r[2] for r in self._rows], np.float64).reshape(n, 4, 4),
+            ids=np.array([r[0] for r in rows], np.int64),
+            stamps=np.array([r[1] for r in rows], np.float64),
+            poses=np.array([r[2] for r in rows], np.float64).reshape(n, 4, 4),
             descriptors=self._desc.view(n),
             session_index=np.zeros(n, np.int32),
-            intrinsics=np.array([r[3] for r in self._rows], np.float64).reshape(n, 3, 3),
-            image_sizes=np.array([r[4] for r in self._rows], np.int32).reshape(n, 2),
+            intrinsics=np.array([r[3] for r in rows], np.float64).reshape(n, 3, 3),
+            image_sizes=np.array([r[4] for r in rows], np.int32).reshape(n, 2),
             feature_offsets=offsets,
             keypoints=self._keypoints.view(int(offsets[-1])),
             feature_descriptors=self._feature_desc.view(int(offsets[-1])),
