@@ -48,6 +48,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -195,13 +196,18 @@ class SessionMap:
         if magic != b"PK\x03\x04":
             raise ValueError(f"{path} is not a clino-vpr session map: not a .npz (zip) file "
                              f"(starts with {magic!r}); the file was left untouched")
+        # one open file for every read, kept by the map for its features: a map replaced on disk
+        # meanwhile (atomically: a new inode) cannot mix two files' arrays
+        file = open(path, "rb")  # noqa: SIM115 - lives with the map, or closed below
         try:
-            with zipfile.ZipFile(path) as zf:
-                raw = {name: _memmap_member(path, zf, name) for name in _MAPPED}
-            with np.load(path, allow_pickle=False) as z:
+            with zipfile.ZipFile(file) as zf:
+                raw = {name: _memmap_member(file, zf, name) for name in _MAPPED}
+            file.seek(0)  # np.load reads from the current position
+            with np.load(file, allow_pickle=False) as z:
                 raw = {name: z[name] if raw.get(name) is None else raw[name] for name in (*_ARRAYS, "header")}
             header = json.loads(bytes(raw.pop("header")).decode("utf-8"))
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as e:
+            file.close()
             raise ValueError(
                 f"{path} is not a readable clino-vpr session map ({type(e).__name__}: {e}); "
                 "the file was left untouched: restore a backup or delete it to start a new map"
@@ -210,8 +216,10 @@ class SessionMap:
             raise ValueError(f"{path} is an .npz file but not a clino-vpr session map (no {FORMAT_NAME!r} header)")
         if header.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"{path} has map schema version {header.get('schema_version')}; this version reads {SCHEMA_VERSION}")
-        mapped = any(isinstance(raw[name], np.memmap) for name in _MAPPED)
-        smap = cls(header=header, path=path, _file=open(path, "rb") if mapped else None, **raw)  # noqa: SIM115 - lives with the map
+        if not any(isinstance(raw[name], np.memmap) for name in _MAPPED):
+            file.close()
+            file = None
+        smap = cls(header=header, path=path, _file=file, **raw)
         try:
             smap.validate()
         except ValueError as e:
@@ -245,7 +253,7 @@ class SessionMap:
             raise ValueError("descriptors contain NaN or Inf")
 
 
-def _memmap_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.memmap | None:
+def _memmap_member(f: BinaryIO, zf: zipfile.ZipFile, name: str) -> np.memmap | None:
     """Read-only memmap of the ``name.npy`` member of an uncompressed ``.npz`` (what np.savez writes),
     or None when it cannot be mapped (compressed, empty, object dtype): the caller reads it instead."""
     try:
@@ -254,33 +262,32 @@ def _memmap_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.memmap | No
         return None
     if info.compress_type != zipfile.ZIP_STORED:
         return None
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)  # zip local file header: its name and extra field lengths vary
-        if len(local) < 30 or local[:4] != b"PK\x03\x04":
-            return None
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        start = info.header_offset + 30 + name_len + extra_len
-        f.seek(start)
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
-        offset = f.tell()
-        count = int(np.prod(shape, dtype=np.int64))
-        if dtype.hasobject or count == 0 or offset - start + count * dtype.itemsize != info.file_size:
-            return None
-        # the CRC check np.load does while reading: a damaged map is refused, not mapped (chunked
-        # file reads, so checking costs I/O but no resident memory)
-        f.seek(start)
-        crc, left, buf = 0, info.file_size, bytearray(1 << 20)  # one small reused buffer
-        while left:
-            got = f.readinto(memoryview(buf)[:min(left, len(buf))])
-            if not got:
-                raise EOFError(f"{name}.npy is truncated")
-            crc, left = zlib.crc32(memoryview(buf)[:got], crc), left - got
-        if crc != info.CRC:
-            raise zipfile.BadZipFile(f"bad CRC-32 for {name}.npy")
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    f.seek(info.header_offset)
+    local = f.read(30)  # zip local file header: its name and extra field lengths vary
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        return None
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    f.seek(start)
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(f)
+    offset = f.tell()
+    count = int(np.prod(shape, dtype=np.int64))
+    if dtype.hasobject or count == 0 or offset - start + count * dtype.itemsize != info.file_size:
+        return None
+    # the CRC check np.load does while reading: a damaged map is refused, not mapped (chunked
+    # file reads, so checking costs I/O but no resident memory)
+    f.seek(start)
+    crc, left, buf = 0, info.file_size, bytearray(1 << 20)  # one small reused buffer
+    while left:
+        got = f.readinto(memoryview(buf)[:min(left, len(buf))])
+        if not got:
+            raise EOFError(f"{name}.npy is truncated")
+        crc, left = zlib.crc32(memoryview(buf)[:got], crc), left - got
+    if crc != info.CRC:
+        raise zipfile.BadZipFile(f"bad CRC-32 for {name}.npy")
+    return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def check_compatible(smap: SessionMap, expected_fingerprint: str | None, expected_dim: int | None, where: str) -> None:
