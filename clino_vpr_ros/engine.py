@@ -66,15 +66,20 @@ class EngineConfig:
 
 
 ENGINE_PRESETS: dict[str, EngineConfig] = {
+    # sequence scoring (5 aligned keyframes, margin 0.15 over the best other place), a closure for every
+    # keyframe with a verified match; thresholds chosen on validation towns 961/962 (models/README.md)
     "default": EngineConfig(),
-    # HNSW keeps query time ~flat beyond ~100k keyframes at a small recall cost (see `clino-vpr bench index`)
+    # HNSW keeps query time ~flat beyond ~100k keyframes at a small recall cost (see `clino-vpr bench index`);
+    # sequence scoring still scans the map's descriptors (a (5, N) product per keyframe)
     "large_map": EngineConfig(index=IndexConfig(kind="hnsw")),
-    # fewer, more certain closures: ORB-SLAM3-like 4 consecutive matches, cuVGL-like 40 inliers
-    "strict": EngineConfig(candidates=CandidateConfig(min_consecutive=4, min_score=0.7), verify=VerifyConfig(min_inliers=40)),
-    # more closures for a robust back end (GNC / switchable constraints): 2 consecutive matches, cosine >= 0.5,
-    # a closure every 2 keyframes along a revisit; on synthetic validation towns about 2-3x the recall of
-    # "default", with an occasional wrong (aliased, yet verified) closure (models/README.md)
-    "high_recall": EngineConfig(candidates=CandidateConfig(min_consecutive=2, min_score=0.5, suppress_keyframes=2)),
+    # fewer, more certain closures: a larger sequence margin, cuVGL-like 40 inliers
+    "strict": EngineConfig(sequence=SequenceConfig(min_margin=0.2, min_score=0.4), verify=VerifyConfig(min_inliers=40)),
+    # more closures for a robust back end (GNC / switchable constraints): sequences of 3 keyframes, margin 0.1;
+    # on validation towns recall 0.60-0.86 at precision 0.95-1.0 (the wrong ones: right place, heading just
+    # beyond the 30 deg revisit definition)
+    "high_recall": EngineConfig(sequence=SequenceConfig(min_length=3, min_margin=0.1)),
+    # the single-frame detector of earlier releases: ORB-SLAM3-like 3 consecutive matches, de-duplication
+    "single_frame": EngineConfig(sequence=SequenceConfig(enabled=False)),
     # exact search on the GPU when faiss has GPU support (falls back to the CPU index otherwise)
     "gpu": EngineConfig(index=IndexConfig(use_gpu=True)),
     # no odometry: keyframes by time and novelty only

@@ -42,10 +42,10 @@ class SequenceConfig:
 
     enabled: bool = True
     window: int = 5
-    min_length: int = 3
+    min_length: int = 5
     min_score: float = 0.3
     min_z: float = 2.0
-    min_margin: float = 0.1
+    min_margin: float = 0.15
     max_align_gap_m: float = 4.0
     max_align_gap_keyframes: float = 0.5
     exclusion_m: float = 20.0

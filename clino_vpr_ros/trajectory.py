@@ -235,3 +235,35 @@ def plot_ate(path: str | Path, sessions: Sequence[SessionTrajectory], closures: 
                  f"{report.merged_closed:.2f} m")
     ax.legend(loc="best", fontsize=7)
     return save_figure(fig, path)
+
+
+def report_bag_ate(live: SessionMap, closures: Sequence[LoopClosure], prior_maps: Sequence[Path],
+                   groundtruth_dirs: Sequence[Path], png: Path) -> str:
+    """``clino-vpr bag``'s trajectory evaluation: prints per-session and merged ATE lines, writes the
+    PNG, returns ``"ate_odom=A ate_closed=B"`` for the live session (for the parseable last line).
+
+    Graph: the prior maps' sessions (their keyframe odometry) and the live session, with this run's
+    closures. Ground truth: the ``clino-vpr synth`` folders given (``groundtruth.csv``).
+    """
+    from clino_vpr_ros.synth import read_session_groundtruth
+
+    gt = {}
+    for d in groundtruth_dirs:
+        stamps, poses, _, meta = read_session_groundtruth(Path(d))
+        order = np.argsort(stamps)
+        gt[str((meta or {}).get("session_id", Path(d).name))] = (np.asarray(stamps)[order], np.asarray(poses)[order])
+    if len(gt) == 1 and live.session_id not in gt:  # one folder serves the live session whatever its name
+        gt = {live.session_id: next(iter(gt.values()))}
+    sessions = [session_trajectory(SessionMap.load(p), s) for p in prior_maps for s in SessionMap.load(p).session_ids]
+    sessions.append(session_trajectory(live))
+    sessions = [s for s in sessions if len(s.ids) >= 3]
+    if not any(s.session == live.session_id for s in sessions):
+        return "ate_odom=nan ate_closed=nan"
+    report = evaluate_ate(sessions, closures, gt)
+    for s in report.odom:
+        print(f"ATE {s}: odometry {report.odom[s]:.3f} m, with closures {report.closed[s]:.3f} m")
+    print(f"ATE merged ({len(report.odom)} sessions, one alignment): odometry {report.merged_odom:.3f} m, "
+          f"with closures {report.merged_closed:.3f} m; {report.closures_used} metric closures used, "
+          f"{report.closures_skipped} not (unverified or non-metric)")
+    print(f"trajectories: {plot_ate(png, sessions, closures, report, gt)}")
+    return f"ate_odom={report.odom.get(live.session_id, float('nan')):.3f} ate_closed={report.closed.get(live.session_id, float('nan')):.3f}"

@@ -24,13 +24,16 @@ from clino_vpr_ros.verify import FEATURES, LocalFeatures, VerifyConfig
 
 @dataclass(frozen=True)
 class TriangulationConfig:
-    """neighbours: keyframes on each side of the match used as second views; min_parallax_deg:
+    """Defaults chosen on validation towns 961/962 (median translation error 0.13-0.22 m, 3 of 37 metric
+    closures off by more than 1 m; with 1 deg parallax and 2 neighbours 8 of 39).
+
+    neighbours: keyframes on each side of the match used as second views; min_parallax_deg:
     the angle between the two viewing rays of a point; max_reprojection_px: in both views;
     min_depth_m/max_depth_m: kept depth range; min_points: fewer triangulated points -> no depth."""
 
     enabled: bool = True
-    neighbours: int = 2
-    min_parallax_deg: float = 1.0
+    neighbours: int = 3
+    min_parallax_deg: float = 3.0
     max_reprojection_px: float = 1.5
     min_depth_m: float = 0.3
     max_depth_m: float = 60.0
