@@ -12,17 +12,20 @@ VERSION = re.search(r"<version>([^<]+)</version>", (HERE / "package.xml").read_t
 
 # Robot runtime: no torch. Training/export side: torch and friends. ROS from wheels where no
 # ROS 2 install exists (on a robot with ROS 2 installed from apt, skip the `ros` extra).
+# Lower bounds = the oldest versions a supported ROS distro ships (Ubuntu 22.04 / Humble: Python 3.10,
+# NumPy 1.21, SciPy 1.8, OpenCV 4.5.4, Matplotlib 3.5, tqdm 4.57, PyYAML 5.4); scripts/test_humble.sh runs
+# the runtime tests on them. numpy 1.21.6: the first that onnxruntime >= 1.14 (ONNX opset 18) accepts.
 RUNTIME = [
-    "numpy>=1.26",
-    "scipy>=1.10",
-    "opencv-python-headless>=4.8",
+    "numpy>=1.21.6",
+    "scipy>=1.8",
+    "opencv-python-headless>=4.5.4",
     "onnxruntime>=1.17",  # onnxruntime-gpu on a robot with a GPU
     "faiss-cpu>=1.8",  # faiss-gpu on a robot with a GPU
-    "rosbags>=0.10",
+    "rosbags>=0.11",
     "gtsam>=4.2",
-    "matplotlib>=3.7",
-    "tqdm>=4.60",
-    "pyyaml>=6",
+    "matplotlib>=3.5",
+    "tqdm>=4.57",
+    "pyyaml>=5.4",
 ]
 TRAIN = [
     "torch>=2.2",
@@ -51,11 +54,12 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
-        (f"share/{PACKAGE}/models", glob("models/*.onnx") + glob("models/*.md") + glob("models/*.json")),
+        (f"share/{PACKAGE}/models", glob("models/*.onnx") + glob("models/*.md") + glob("models/*.json")
+         + glob("models/*.png")),  # the model card's figures
     ],
     python_requires=">=3.10",
     install_requires=RUNTIME,
-    extras_require={"train": TRAIN, "ros": ROS_WHEELS, "test": ["pytest>=7"]},
+    extras_require={"train": TRAIN, "ros": ROS_WHEELS, "test": ["pytest>=7", "wheel"]},  # wheel: the install test builds one
     zip_safe=True,
     maintainer="clino_vpr_ros maintainers",
     maintainer_email="maintainers@clino-vpr.invalid",

@@ -1,7 +1,9 @@
 """Atomic file writes, for every artifact the package produces (maps, checkpoints, reports, figures).
 
 A reader (or a crash) never sees a half-written file: the bytes go to a temporary sibling, are
-fsync'ed, and ``os.replace`` swaps them in; the directory entry is fsync'ed too.
+fsync'ed, and ``os.replace`` swaps them in; the directory entry is fsync'ed too. With
+``replace=False`` the temporary file is hard-linked into place instead, which fails with
+FileExistsError when the target exists (an atomic "create, never clobber").
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file atomically: temp sibling -> fsync -> os.replace -> fsync of the directory."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, replace: bool = True) -> Path:
+    """Write a file atomically: temp sibling -> fsync -> os.replace -> fsync of the directory.
+
+    replace=False: never replace an existing ``path`` (FileExistsError, the file left untouched).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -22,7 +27,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic and exclusive: FileExistsError if the target exists
+            tmp.unlink()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -53,6 +53,7 @@ class BagRunConfig:
     prior_maps: tuple[Path, ...] = ()
     save_map: Path | None = None
     providers: tuple[str, ...] | None = None
+    overwrite_map: bool = False  # let save_map replace an existing file (never a prior map)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,11 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
     from rosbags.typesys import Stores, get_typestore
 
     from clino_vpr_ros.pipeline import LoopClosurePipeline
+    from clino_vpr_ros.session_map import MapWriter
 
+    # refuse an existing --save-map before reading the bag, not after
+    writer = MapWriter(cfg.save_map, overwrite=cfg.overwrite_map, read_only=cfg.prior_maps,
+                       hint="pass --overwrite to replace it") if cfg.save_map else None
     bag = Path(cfg.bag)
     if not bag.exists():
         raise FileNotFoundError(f"bag not found: {bag}; expected a ROS 2 bag folder (metadata.yaml + .mcap/.db3)")
@@ -194,8 +199,8 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_closures_csv(closures, out / "closures.csv")
     bag_path = write_closures_bag(closures, out / "closures", typestore)
-    map_path = pipeline.engine.save_map(cfg.save_map) if cfg.save_map else None
     live = pipeline.engine.snapshot()
+    map_path = writer.save(live) if writer else None
     keyframe_stamps = np.asarray(live.stamps, np.float64)  # the live session only
     return BagRunResult(closures, frames, skipped, csv_path, bag_path, map_path, session_id, keyframe_stamps, live)
 
@@ -272,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--camera-info-topic")
     p.add_argument("--odom-topic")
     p.add_argument("--prior-map", type=Path, action="append", default=[], help="earlier session map (repeatable)")
-    p.add_argument("--save-map", type=Path, help="write this session's map here")
+    p.add_argument("--save-map", type=Path, help="write this session's map here (an existing file is refused)")
+    p.add_argument("--overwrite", action="store_true", help="let --save-map replace an existing file")
     p.add_argument("--groundtruth", type=Path, action="append", default=[],
                    help="ground-truth session folders (default: the one beside the bag, if any)")
     args = p.parse_args(argv)
@@ -281,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                        model=args.model or default_model_path(), engine_preset=args.engine_preset,
                        session_id=args.session_id, image_topic=args.image_topic,
                        camera_info_topic=args.camera_info_topic, odom_topic=args.odom_topic,
-                       prior_maps=tuple(args.prior_map), save_map=args.save_map)
+                       prior_maps=tuple(args.prior_map), save_map=args.save_map,
+                       overwrite_map=args.overwrite)
     res = run_bag(cfg)
     for c in res.closures:
         print(f"closure {c.query_session}/{c.query_id} @ {c.query_stamp:.2f}s -> {c.match_session}/{c.match_id} "

@@ -17,6 +17,7 @@ translation is a unit direction (scale unobservable) and the covariance says so.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from clino_vpr_ros.candidates import Candidate, CandidateConfig, CandidateFilter
 from clino_vpr_ros.index import IndexConfig, KeyframeIndex
 from clino_vpr_ros.keyframes import KeyframeConfig, KeyframeSelector, rotation_angle_deg
 from clino_vpr_ros.sequence import SequenceConfig, best_match, sequence_scores, track_positions
+from clino_vpr_ros.session_map import MapWriter, SessionMap, SessionMapBuilder, check_compatible
 from clino_vpr_ros.triangulate import Neighbour, TriangulationConfig, camera_motion, with_triangulated_depths
-from clino_vpr_ros.session_map import SessionMap, SessionMapBuilder, check_compatible
 from clino_vpr_ros.verify import LocalFeatures, Verification, VerifyConfig, extract_features, to_gray, verify_pair
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ class EngineConfig:
     """Everything the engine needs besides the encoder; nested configs are documented in their modules.
 
     autosave_period_s: 0 disables; otherwise :meth:`LoopClosureEngine.maybe_autosave` writes
-    ``autosave_path`` at most that often. publish_unverified: also publish candidates that failed
+    ``autosave_path`` at most that often (never while the session has no keyframe). ``autosave_path``
+    is also the default of :meth:`LoopClosureEngine.save_map`; the engine claims it at construction,
+    so an existing file there refuses the engine (a map of another run is never replaced). publish_unverified: also publish candidates that failed
     or could not get geometric verification (``verified=False``); off by default.
     max_rotation_deg: a verified closure whose relative rotation exceeds this is dropped (None: keep):
     a revisit is a view of the same place within 30 deg of heading (the ground truth's and the
@@ -254,6 +257,10 @@ class LoopClosureEngine:
         self.session_id = session_id
         self.base_T_camera = base_T_camera
         self._priors: list[_Prior] = []
+        # one MapWriter per path, kept across reset(): this run may replace only what it wrote itself
+        self._writers: dict[str, MapWriter] = {}
+        if cfg.autosave_path:  # claim it now: an existing map there refuses the start, not the first save
+            self._writer(cfg.autosave_path)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -283,6 +290,9 @@ class LoopClosureEngine:
     def add_prior_map(self, smap: SessionMap) -> None:
         """Query against an in-memory map (checked like :meth:`load_prior_map`)."""
         check_compatible(smap, self.fingerprint, self.descriptor_dim, f"map of session {smap.session_id!r}")
+        if smap.path is not None and any(os.path.realpath(smap.path) == key for key in self._writers):
+            raise ValueError(f"prior map {smap.path} is also where this session's map is written; "
+                             "write this session's map to another path")
         if self.session_id in smap.session_ids:
             raise ValueError(f"prior map already contains the live session id {self.session_id!r}; give this session a new id")
         if smap.header.get("feature") != self.cfg.verify.feature:
@@ -298,9 +308,22 @@ class LoopClosureEngine:
         """The live session as a :class:`SessionMap` (copy)."""
         return self._live.snapshot()
 
-    def save_map(self, path: str | Path) -> Path:
-        """Atomically save the live session map; returns the path."""
-        return self._live.snapshot().save(path)
+    def _writer(self, path: str | Path, overwrite: bool = False) -> MapWriter:
+        key = os.path.realpath(os.path.expanduser(str(path)))
+        if key not in self._writers:
+            self._writers[key] = MapWriter(path, overwrite=overwrite, read_only=[p.smap.path for p in self._priors if p.smap.path])
+        return self._writers[key]
+
+    def save_map(self, path: str | Path | None = None, *, overwrite: bool = False) -> Path:
+        """Atomically save the live session map to ``path`` (default ``cfg.autosave_path``); returns the path.
+
+        Goes through a :class:`MapWriter`: a file this engine did not write is never replaced
+        (FileExistsError; ``overwrite=True`` lets the first save replace what is there).
+        """
+        target = path if path is not None else self.cfg.autosave_path
+        if not target:
+            raise ValueError("no map path: pass one or set EngineConfig.autosave_path")
+        return self._writer(target, overwrite).save(self._live.snapshot())
 
     def maybe_autosave(self, now: float) -> Path | None:
         """Save to ``cfg.autosave_path`` when ``autosave_period_s`` has elapsed since the last save.
@@ -316,6 +339,8 @@ class LoopClosureEngine:
         if now - self._last_autosave_clock < period:
             return None
         self._last_autosave_clock = now
+        if not len(self._live):  # a session with no keyframe leaves no map behind
+            return None
         return self.save_map(self.cfg.autosave_path)
 
     def stats(self) -> dict:

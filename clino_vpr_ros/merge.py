@@ -42,7 +42,7 @@ from tqdm import tqdm
 from clino_vpr_ros.atomic import atomic_write
 from clino_vpr_ros.engine import ENGINE_PRESETS, EngineConfig, LoopClosure, LoopClosureEngine
 from clino_vpr_ros.keyframes import rotation_angle_deg
-from clino_vpr_ros.session_map import SessionMap
+from clino_vpr_ros.session_map import MapWriter, SessionMap
 
 log = logging.getLogger(__name__)
 
@@ -428,12 +428,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine-preset", default="default", choices=sorted(ENGINE_PRESETS),
                         help="engine settings for closure detection")
     parser.add_argument("--save-closures", type=Path, help="write the detected closures here (JSON)")
-    parser.add_argument("--out", type=Path, required=True, help="merged map to write (.npz)")
+    parser.add_argument("--out", type=Path, required=True, help="merged map to write (.npz; an existing file is refused)")
+    parser.add_argument("--overwrite", action="store_true", help="let --out replace an existing file (never an input map)")
     parser.add_argument("--report", type=Path, help="JSON report of residuals (default: <out>.report.json)")
     parser.add_argument("--png", type=Path, help="plot of the merged trajectories (default: <out>.png)")
     parser.add_argument("--reference", help="reference session id (default: the first map's)")
     parser.add_argument("--robust", choices=ROBUST_KERNELS, default="gnc")
     args = parser.parse_args(argv)
+    writer = MapWriter(args.out, overwrite=args.overwrite, read_only=args.maps, hint="pass --overwrite to replace it")
     maps = [SessionMap.load(p) for p in args.maps]
     if args.closures is not None:
         closures = load_closures(args.closures)
@@ -444,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.save_closures is not None:
             save_closures(args.save_closures, closures)
     result = merge_sessions(maps, closures, MergeConfig(reference_session=args.reference, robust=args.robust))
-    out = merged_map(maps, result).save(args.out)
+    out = writer.save(merged_map(maps, result))
     report = args.report or out.with_suffix(".report.json")
     doc = report_dict(result, closures)
     atomic_write(report, lambda f: f.write(json.dumps(doc, indent=2).encode("utf-8")))

@@ -131,8 +131,10 @@ def select_providers(requested: Sequence[str] | None = None) -> list[str]:
     """onnxruntime provider names to use, best first, always ending with CPU.
 
     Args:
-        requested: short names ("tensorrt", "cuda", "cpu") in preference order; None = all that
-            this onnxruntime build offers, in the order TensorRT -> CUDA -> CPU.
+        requested: providers in preference order, as onnxruntime names them
+            ("CUDAExecutionProvider", as the node's YAML writes them) or by the short names
+            ("tensorrt", "cuda", "cpu"; any case); None = all that this onnxruntime build
+            offers, in the order TensorRT -> CUDA -> CPU.
     Raises:
         ValueError: unknown name, or a requested provider this onnxruntime build does not offer.
     """
@@ -140,16 +142,21 @@ def select_providers(requested: Sequence[str] | None = None) -> list[str]:
     if requested is None:
         chosen = [full for full in PROVIDERS.values() if full in available]
     else:
+        known = {full.lower(): full for full in ort.get_all_providers()}
+        known.update({short: full for short, full in PROVIDERS.items()})
         chosen = []
         for name in requested:
-            if name not in PROVIDERS:
-                raise ValueError(f"unknown execution provider {name!r}; valid: {', '.join(PROVIDERS)}")
-            if PROVIDERS[name] not in available:
+            full = known.get(str(name).strip().lower()) or known.get(str(name).strip().lower() + "executionprovider")
+            if full is None:
+                raise ValueError(f"unknown execution provider {name!r}; valid: {', '.join(PROVIDERS)} "
+                                 f"or onnxruntime's names ({', '.join(PROVIDERS.values())}, ...)")
+            if full not in available:
                 raise ValueError(
                     f"execution provider {name!r} is not available in this onnxruntime build "
                     f"(available: {sorted(available)}); install onnxruntime-gpu for cuda/tensorrt"
                 )
-            chosen.append(PROVIDERS[name])
+            if full not in chosen:
+                chosen.append(full)
     if PROVIDERS["cpu"] not in chosen:
         chosen.append(PROVIDERS["cpu"])
     return chosen

@@ -24,6 +24,11 @@ is refused by an engine running another model), ``frame_id``, the local ``featur
 ``sessions`` list (``id`` and ``base_T_camera`` of each). Saving is atomic: the file is written to
 a temporary sibling, fsync'ed, then ``os.replace``'d over the target, so a crash mid-save leaves
 the previous map intact (a stale ``.<name>.tmp-<pid>`` file may remain and is ignored).
+
+A map is the user's data: :meth:`SessionMap.save` never replaces an existing file unless told to,
+and every writer of the package (the node's autosave / ``~/save_map`` / shutdown save, the engine,
+``clino-vpr bag --save-map``, ``clino-vpr merge --out``) goes through :class:`MapWriter`, which
+only ever replaces the file it wrote itself in this run.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import logging
 import os
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,15 +129,22 @@ class SessionMap:
         return np.flatnonzero(self.session_index == self.session_ids.index(session))
 
     # ---------------------------------------------------------------- file I/O
-    def save(self, path: str | os.PathLike) -> Path:
-        """Atomically write the map to ``path`` (``.npz``); returns the path."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Atomically write the map to ``path`` (``.npz``); returns the path.
+
+        An existing ``path`` is refused (FileExistsError, file untouched) unless ``overwrite``;
+        writers that save repeatedly use :class:`MapWriter`.
+        """
         self.validate()
         header = {**self.header, "schema_version": SCHEMA_VERSION, "format": FORMAT_NAME,
                   "n_keyframes": len(self), "saved_unix": time.time()}
         arrays = {name: getattr(self, name) for name in _ARRAYS}
         arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         t0 = time.perf_counter()
-        out = atomic_write(path, lambda f: np.savez(f, **arrays))
+        try:
+            out = atomic_write(path, lambda f: np.savez(f, **arrays), replace=overwrite)
+        except FileExistsError:
+            raise FileExistsError(f"{describe_map_file(Path(path))}; not replaced") from None
         log.info("saved %d keyframes to %s in %.2f s", len(self), out, time.perf_counter() - t0)
         return out
 
@@ -273,3 +286,82 @@ class SessionMapBuilder:
             feature_descriptors=np.concatenate([f.descriptors for f in present]) if present else np.zeros((0, width), np.uint8),
             keypoint_depths=np.concatenate([f.depths for f in present]) if present else np.zeros(0, np.float32),
         )
+
+
+def describe_map_file(path: Path) -> str:
+    """One line on what ``path`` holds (session, keyframes, save time), read from its header only."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(bytes(z["header"]).decode("utf-8"))
+        sessions = [s["id"] for s in header["sessions"]]
+        saved = header.get("saved_unix")
+        when = time.strftime(", saved %Y-%m-%d %H:%M:%S UTC", time.gmtime(saved)) if saved else ""
+        return (f"{path} holds the map of session(s) {', '.join(map(repr, sessions))} "
+                f"({header.get('n_keyframes', '?')} keyframes{when})")
+    except Exception:  # noqa: BLE001 - any unreadable file: say so, it is still not ours to replace
+        return f"{path} exists (not a readable clino-vpr session map)"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they point
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells a file we wrote from one written by someone else since; None when absent."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class MapWriter:
+    """The one way a map file is written: owns one path for one run and never replaces a map it
+    did not write.
+
+    - At construction: refuses (FileExistsError) a ``path`` that exists, naming the map in it,
+      unless ``overwrite`` (an explicit user request, e.g. ``--overwrite``), and refuses
+      (ValueError) a ``path`` that is one of ``read_only`` (prior / input maps), even with ``overwrite``.
+    - At every :meth:`save`: the file is replaced only if it is still the one this writer wrote
+      last (device, inode, size, mtime). If it changed or appeared since (another process, a
+      restarted node with the same path), the save is refused with FileExistsError and the file
+      is left as it is. The first save creates the file exclusively (a hard link, atomic).
+
+    ``hint``: what the user can do instead, appended to the refusal (e.g. "pass --overwrite").
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False,
+                 read_only: Sequence[str | os.PathLike] = (), hint: str = "") -> None:
+        self.path = Path(os.path.expanduser(str(path)))
+        self.hint = hint
+        for other in read_only:
+            if _same_file(self.path, Path(os.path.expanduser(str(other)))):
+                raise ValueError(self._refusal(f"it is also a map this run reads ({other})"))
+        self._written: tuple[int, int, int, int] | None = None
+        self._may_replace = _identity(self.path) if overwrite else None  # the file the user let us replace
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(self._refusal("this run did not write it"))
+
+    def _refusal(self, why: str) -> str:
+        held = describe_map_file(self.path) if self.path.exists() else str(self.path)
+        return (f"{held}; {why}, so it is not replaced. Write this session's map to a "
+                "new path and pass the old map as a prior map to match against it" + (f"; {self.hint}" if self.hint else ""))
+
+    def save(self, smap: SessionMap) -> Path:
+        """Write ``smap`` to the owned path (atomic); FileExistsError when the file is not ours."""
+        current = _identity(self.path)
+        ours = current is not None and current in (self._written, self._may_replace)
+        if current is not None and not ours:
+            why = "it changed since this run wrote it" if self._written else "it appeared after this run started"
+            raise FileExistsError(self._refusal(why))
+        out = smap.save(self.path, overwrite=ours)  # not ours and absent: exclusive create
+        self._written, self._may_replace = _identity(out), None
+        return out
+
+    @property
+    def written(self) -> bool:
+        """Whether this writer has saved a map yet."""
+        return self._written is not None

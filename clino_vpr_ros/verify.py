@@ -307,6 +307,11 @@ def _verify_essential(q: LocalFeatures, Kq: np.ndarray, m: LocalFeatures, Km: np
     focal = float(np.mean([Kq[0, 0], Kq[1, 1], Km[0, 0], Km[1, 1]]))
     E, mask = cv2.findEssentialMat(xm, xq, np.eye(3), method=ESTIMATORS[cfg.estimator], prob=cfg.confidence, threshold=cfg.ransac_threshold_px / focal)
     if E is None or E.shape != (3, 3):
+        # OpenCV 4.5 (Ubuntu 22.04) returns no E at all for zero-baseline views (later versions a
+        # degenerate one): the same pose twice is still a revisit, so try the rotation-only model
+        rotation_only = _verify_rotation_only(xm, xq, len(pairs), focal, cfg)
+        if rotation_only.accepted:
+            return rotation_only
         return _rejected(len(pairs), 0, "essential", "essential matrix estimation failed")
     # the robust estimator picks the inliers; on near-planar, short-baseline views its best minimal
     # model can still be a few degrees off, so E is re-estimated on the inliers (LMedS: no threshold)

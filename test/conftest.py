@@ -14,3 +14,11 @@ def shipped_model() -> Path:
     """models/clino-vpr-tiny.onnx, trained on synthetic towns (models/README.md)."""
     assert SHIPPED_MODEL.is_file(), f"the shipped model {SHIPPED_MODEL} is missing: see models/README.md to rebuild it"
     return SHIPPED_MODEL
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "runtime: the robot runtime (no torch, no ROS): also run by scripts/test_humble.sh on the oldest "
+        "versions a supported distro ships (Python 3.10, Ubuntu 22.04's NumPy/SciPy/OpenCV)",
+    )

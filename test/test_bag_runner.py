@@ -47,6 +47,14 @@ def test_bag_closures_are_right_and_written_as_the_node_publishes_them(session_d
     np.testing.assert_allclose([e.twist.twist.linear.y for e in edges], table["score"], atol=1e-5)
     assert all(e.twist.twist.angular.x == 1.0 and e.pose.covariance[0] > 0 for e in edges), "verified, with covariance"
     assert res.map is not None and res.map.is_file()
+    # a second run never replaces that map: refused before the bag is read, nothing written
+    saved = res.map.read_bytes()
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        main([str(session_dir), "--out", str(tmp_path / "again"), "--save-map", str(res.map)])
+    with pytest.raises(ValueError, match="also a map this run reads"):
+        main([str(session_dir), "--out", str(tmp_path / "again"), "--prior-map", str(res.map),
+              "--save-map", str(res.map), "--overwrite"])
+    assert res.map.read_bytes() == saved and not (tmp_path / "again").exists()
 
 
 def test_bag_cli_prints_precision_recall_from_ground_truth(session_dir: Path, tmp_path: Path, shipped_model: Path,

@@ -11,6 +11,8 @@ from clino_vpr_ros.engine import ENGINE_PRESETS, EngineConfig, FrameInput, LoopC
 from clino_vpr_ros.index import IndexConfig, KeyframeIndex
 from clino_vpr_ros.keyframes import KeyframeConfig, KeyframeSelector
 
+pytestmark = pytest.mark.runtime  # also run on the Humble-pinned versions (scripts/test_humble.sh)
+
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     x = rng.standard_normal((n, d)).astype(np.float32)

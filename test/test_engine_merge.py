@@ -15,6 +15,8 @@ from clino_vpr_ros.session_map import SessionMap, SessionMapBuilder
 from clino_vpr_ros.synth import CONDITIONS, SessionConfig, generate_session, generate_town, gt_cross_session_pairs
 from clino_vpr_ros.verify import VerifyConfig, extract_features, to_gray, verify_pair
 
+pytestmark = pytest.mark.runtime  # also run on the Humble-pinned versions (scripts/test_humble.sh)
+
 STEP = 3  # every 3rd frame is a keyframe
 OFFSET = (6.0, -4.0, 25.0)  # session B's odometry frame in the world (A's odometry frame is the world)
 
@@ -99,6 +101,13 @@ def test_merge_cli_writes_map_report_and_plot(two_sessions, tmp_path) -> None:
     assert report["closures_used"] == len(fed) and report["inliers"] <= len(closures)
     assert _errors(np.array(report["session_T"]["B"]), truth)[0] < 0.5
     assert (tmp_path / "merged.png").stat().st_size > 10_000
+    # the merged map is never replaced by accident, and an input map never even with --overwrite
+    merged_bytes, a_bytes = (tmp_path / "merged.npz").read_bytes(), pa.read_bytes()
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        main([str(pa), str(pb), "--closures", str(tmp_path / "closures.json"), "--out", str(tmp_path / "merged.npz")])
+    with pytest.raises(ValueError, match="also a map this run reads"):
+        main([str(pa), str(pb), "--closures", str(tmp_path / "closures.json"), "--out", str(pa), "--overwrite"])
+    assert (tmp_path / "merged.npz").read_bytes() == merged_bytes and pa.read_bytes() == a_bytes
     # every keyframe of B now sits where A's frame says it is: compare with B's odometry mapped by the truth
     rows_b = merged.rows_of_session("B")
     for r in rows_b[:: max(1, len(rows_b) // 5)]:

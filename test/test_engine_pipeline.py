@@ -24,6 +24,8 @@ from clino_vpr_ros.pipeline import LoopClosurePipeline
 from clino_vpr_ros.session_map import SessionMap, SessionMapBuilder
 from clino_vpr_ros.synth import CONDITIONS, SessionConfig, TownConfig, generate_session, generate_town
 
+pytestmark = pytest.mark.runtime  # also run on the Humble-pinned versions (scripts/test_humble.sh)
+
 log = logging.getLogger(__name__)
 HELD_OUT_TOWN = 9001  # not a training town
 TRUE_RADIUS_M = 8.0  # a closure is true when the two keyframes are this close (and face alike)

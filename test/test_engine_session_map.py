@@ -17,6 +17,8 @@ from clino_vpr_ros.engine import EngineConfig, LoopClosureEngine
 from clino_vpr_ros.session_map import SessionMap, SessionMapBuilder
 from clino_vpr_ros.verify import VerifyConfig, extract_features, to_gray
 
+pytestmark = pytest.mark.runtime  # also run on the Humble-pinned versions (scripts/test_humble.sh)
+
 
 def _small_map(session: str = "s1", fingerprint: str = "fp-a", dim: int = 16, n: int = 5, with_features: bool = True) -> SessionMap:
     rng = np.random.default_rng(0)
@@ -92,7 +94,7 @@ def test_exception_in_the_middle_of_a_save_leaves_the_old_map(tmp_path: Path, mo
 
     monkeypatch.setattr(np, "savez", failing_savez)
     with pytest.raises(OSError, match="No space"):
-        new.save(path)
+        new.save(path, overwrite=True)
     monkeypatch.setattr(np, "savez", real_savez)
     assert path.read_bytes() == good and len(SessionMap.load(path)) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]  # no temp file left behind
@@ -125,7 +127,7 @@ _KILLER = textwrap.dedent(
         def __exit__(self, *a): return self.f.__exit__(*a)
     import builtins
     builtins.open = lambda p, mode="r", *a, **k: KillAfter(real_open(p, mode, *a, **k)) if "w" in mode else real_open(p, mode, *a, **k)
-    smap.save(sys.argv[1])
+    smap.save(sys.argv[1], overwrite=True)
     """
 )
 
@@ -142,8 +144,8 @@ def test_sigkill_during_a_save_leaves_the_previous_map_loadable(tmp_path: Path) 
         SessionMap.load(partial[0])
     assert path.read_bytes() == good
     assert len(SessionMap.load(path, expected_fingerprint="fp-a")) == 3
-    # the next save of a live engine replaces the map normally despite the stale temp file
+    # an explicit overwrite replaces the map normally despite the stale temp file
     engine = LoopClosureEngine(EngineConfig(), 16, "fp-a", "s1")
-    engine.save_map(path)
+    engine.save_map(path, overwrite=True)
     assert len(SessionMap.load(path)) == 0
     os.remove(partial[0])

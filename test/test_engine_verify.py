@@ -10,6 +10,8 @@ from clino_vpr_ros.engine import camera_to_base
 from clino_vpr_ros.synth import CONDITIONS, SessionConfig, generate_session, generate_town
 from clino_vpr_ros.verify import VerifyConfig, extract_features, to_gray, verify_pair
 
+pytestmark = pytest.mark.runtime  # also run on the Humble-pinned versions (scripts/test_humble.sh)
+
 
 def _rot_err_deg(R: np.ndarray, R_true: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip((np.trace(R.T @ R_true) - 1) / 2, -1, 1))))

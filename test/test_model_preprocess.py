@@ -8,6 +8,8 @@ import pytest
 
 from clino_vpr_ros.preprocess import SUPPORTED_ENCODINGS, to_model_batch, to_model_input
 
+pytestmark = pytest.mark.runtime  # also run on the Humble-pinned versions (scripts/test_humble.sh)
+
 SIZE = (112, 112)
 
 

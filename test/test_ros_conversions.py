@@ -179,3 +179,20 @@ def test_markers_accumulate_and_separate_intra_and_inter_session() -> None:
     by_ns = {m.ns: m for m in arr.markers}
     assert len(by_ns["inter_session"].points) == 2 and not by_ns["intra_session"].points
     assert by_ns["intra_session"].action == by_ns["intra_session"].DELETE
+
+
+def test_quaternions_are_held_to_tf2s_unit_rule() -> None:
+    # a publisher's float rounding passes (and is normalised away); what tf2 would drop is refused
+    msg = Odometry()
+    msg.pose.pose.orientation.w = 1.004  # |q|^2 = 1.008: within tf2's 0.01
+    assert np.allclose(cv.odometry_to_matrix(msg)[:3, :3], np.eye(3))
+    msg.pose.pose.orientation.w = 1.2
+    with pytest.raises(ValueError, match="not a unit quaternion"):
+        cv.odometry_to_matrix(msg)
+    with pytest.raises(ValueError, match="not a unit quaternion"):
+        cv.xyzquat_to_matrix([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9])
+    for _ in range(10):  # the sign is fixed (w >= 0) without SciPy 1.11's canonical=True
+        q = RNG.normal(size=4)
+        q /= np.linalg.norm(q)
+        back = cv.matrix_to_quaternion(cv.quaternion_to_matrix(*q))
+        assert back[3] >= 0 and np.allclose(back, q if q[3] >= 0 else -q)

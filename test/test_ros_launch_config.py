@@ -134,5 +134,5 @@ def test_out_of_range_start_up_values_refuse_to_start() -> None:
     # our own validation names every problem at once (rclpy refuses the range before we see it)
     errors = [params.validate("engine_preset", "fastest"), params.validate("prior_maps", ["/nonexistent/map.npz"]),
               params.validate("base_T_camera", [0.0] * 7), params.validate("image_transport", "theora")]
-    assert "valid: default" in errors[0] and "not found" in errors[1] and "zero" in errors[2] and "raw" in errors[3]
+    assert "valid: default" in errors[0] and "not found" in errors[1] and "not a unit quaternion" in errors[2] and "raw" in errors[3]
     assert os.path.basename(params.default_model_path()) == params.DEFAULT_MODEL_NAME

@@ -263,6 +263,8 @@ def test_saved_map_gives_inter_session_closures_after_restart_and_sigterm_saves(
         ({"image_qos_depth": 0}, "image_qos_depth out of range"),
         ({"engine_preset": "fastest"}, "unknown engine preset 'fastest'"),
         ({"model_path": "/nonexistent/model.onnx"}, "model /nonexistent/model.onnx not found"),
+        ({"base_T_camera": [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.6]}, "not a unit quaternion"),
+        ({"providers": ["NoSuchExecutionProvider"]}, "unknown execution provider 'NoSuchExecutionProvider'"),
     ],
 )
 def test_bad_start_up_parameters_stop_the_node_with_the_reason(domain, model_path, tmp_path, params, reason):
@@ -270,3 +272,94 @@ def test_bad_start_up_parameters_stop_the_node_with_the_reason(domain, model_pat
     node = NodeProcess(domain, tmp_path / "bad.log", params={**base, **params})
     assert node.wait(60) == 2
     assert "cannot start" in node.log_text() and reason in node.log_text()
+
+
+def _saved_map(path: Path, session: str, n: int) -> bytes:
+    from clino_vpr_ros.session_map import SessionMapBuilder
+
+    b = SessionMapBuilder(session, "fp", 4)
+    for i in range(n):
+        b.append(i, float(i), np.eye(4, dtype=np.float32)[i % 4], np.eye(4), None, None)
+    return b.snapshot().save(path).read_bytes()
+
+
+def test_a_restart_on_an_existing_map_path_refuses_and_keeps_yesterdays_map(domain, model_path, tmp_path):
+    # a robot restarted with a fixed map_path, or map_path set to the map it also loads as a prior
+    yesterday = tmp_path / "yesterday.npz"
+    before = _saved_map(yesterday, f"yesterday-{RUN}", 7)
+    base = {"model_path": str(model_path), "session_id": f"today-{RUN}", "map_path": str(yesterday)}
+    for extra in ({}, {"prior_maps": [str(yesterday)]}):
+        node = NodeProcess(domain, tmp_path / "restart.log", params={**base, **extra})
+        assert node.wait(60) == 2
+        log = node.log_text()
+        assert "cannot start" in log and str(yesterday) in log, log
+        assert f"'yesterday-{RUN}'" in log and "7 keyframes" in log and "prior_maps" in log, log
+        assert yesterday.read_bytes() == before
+
+
+def test_a_session_without_keyframes_leaves_no_map(domain, model_path, tmp_path):
+    name = f"empty-{RUN}"
+    node, client = _start(domain, tmp_path, model_path, name)
+    assert _stop(node, client) == 0
+    assert not (tmp_path / f"{name}.npz").exists() and "no keyframes, no map written" in node.log_text()
+
+
+def test_help_prints_usage_and_exits_without_a_node_or_a_map(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from clino_vpr_ros.ros import params
+
+    ros_home = tmp_path / "ros_home"
+    env = dict(os.environ, ROS_HOME=str(ros_home), HOME=str(tmp_path))
+    for flag in ("--help", "-h"):
+        proc = subprocess.run([sys.executable, "-m", "clino_vpr_ros.ros.node", flag], capture_output=True, text=True,
+                              timeout=120, env=env, cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 0, proc.stderr
+        for spec in params.PARAMS:  # every parameter, with its description
+            assert f"  {spec.name} (" in proc.stdout and spec.description[:30] in proc.stdout, spec.name
+        assert "-r image:=" in proc.stdout and "loop_closure_detection" in proc.stdout and "~/save_map" in proc.stdout
+    assert not ros_home.exists() and not list(tmp_path.rglob("*.npz")), "--help must not start a node or write a map"
+
+
+def _call(client: NodeClient, srv_type, service: str, request, timeout: float = 10.0):
+    cli = client.node.create_client(srv_type, service)
+    try:
+        assert cli.wait_for_service(timeout_sec=timeout), f"{service} not available"
+        future = cli.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert future.done(), f"{service} did not answer"
+        return future.result()
+    finally:
+        client.node.destroy_client(cli)
+
+
+def test_every_declared_parameter_has_a_value_of_its_type(domain, model_path, tmp_path):
+    # providers as the YAML and the docs write them (onnxruntime's names); prior_maps left at []
+    from rcl_interfaces.msg import ParameterType
+    from rcl_interfaces.srv import GetParameters, ListParameters
+
+    from clino_vpr_ros.ros import params
+
+    name = f"params-{RUN}"
+    node, client = _start(domain, tmp_path, model_path, name, providers=["CPUExecutionProvider"])
+    try:
+        listed = _call(client, ListParameters, "/clino_vpr/list_parameters", ListParameters.Request()).result.names
+        assert set(params.SPECS) <= set(listed)
+        names = list(params.SPECS)
+        values = _call(client, GetParameters, "/clino_vpr/get_parameters", GetParameters.Request(names=names)).values
+        assert len(values) == len(names), "a batched get_parameters must return every parameter"
+        expected = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+                    float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
+                    "str[]": ParameterType.PARAMETER_STRING_ARRAY, "float[]": ParameterType.PARAMETER_DOUBLE_ARRAY}
+        for n, v in zip(names, values):
+            assert v.type == expected[params.SPECS[n].type], f"{n}: type {v.type}"
+        by_name = dict(zip(names, values))
+        assert list(by_name["providers"].string_array_value) == ["CPUExecutionProvider"]
+        assert list(by_name["prior_maps"].string_array_value) == []
+        assert by_name["session_id"].string_value == name
+    finally:
+        assert _stop(node, client) == 0

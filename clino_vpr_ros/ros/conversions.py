@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 from builtin_interfaces.msg import Time
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from clino_vpr_ros import image_msg
+from clino_vpr_ros import geometry, image_msg
 
 #: the encodings accepted on ``image`` / ``depth`` and the largest image side (shared with the bag runner)
 IMAGE_LAYOUTS, DEPTH_LAYOUTS, MAX_SIDE = image_msg.IMAGE_LAYOUTS, image_msg.DEPTH_LAYOUTS, image_msg.MAX_SIDE
@@ -73,17 +72,14 @@ def camera_info_to_K(msg: CameraInfo) -> np.ndarray | None:
 
 
 def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
-    """Unit quaternion (x, y, z, w) -> float64 (3, 3) rotation; normalises, refuses a zero quaternion."""
-    q = np.array([x, y, z, w], dtype=np.float64)
-    norm = np.linalg.norm(q)
-    if not np.isfinite(norm) or norm < 1e-9:
-        raise ValueError(f"quaternion {q.tolist()} has no rotation (norm {norm}); expected a unit quaternion")
-    return Rotation.from_quat(q).as_matrix()
+    """Unit quaternion (x, y, z, w) -> float64 (3, 3) rotation; refuses a non-unit one as tf2 does
+    (:func:`clino_vpr_ros.geometry.unit_quaternion_error`)."""
+    return geometry.quaternion_to_matrix([x, y, z, w])
 
 
 def matrix_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
     """float (3, 3) rotation -> unit quaternion (x, y, z, w) with w >= 0."""
-    return tuple(float(v) for v in Rotation.from_matrix(np.asarray(R, dtype=np.float64)).as_quat(canonical=True))
+    return geometry.matrix_to_quaternion(R)
 
 
 def pose_to_matrix(position, orientation) -> np.ndarray:

@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     s1, s2 = two_sessions(args.town, n_frames=args.frames)
     gt_dirs = [write_bag(s, out / "sessions" / s.session_id, overwrite=True) for s in (s1, s2)]
+    for s in (s1, s2):
+        refusal = _remove_previous_demo_map(out / f"{s.session_id}.npz", s.session_id)
+        if refusal:
+            print(f"demo: {refusal}", file=sys.stderr)
+            return 2
     domain = fresh_domain_id()
     with NodeClient(domain) as client:
         map1 = run_session(client, domain, s1, out, model, [], args.rate)
@@ -114,6 +119,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{pr.n_gt_queries} ground-truth loop queries among the keyframes")
     print(f"demo: loop_closures={len(closures)} precision={pr.precision:.3f} recall={pr.recall:.3f}")
     return 0
+
+
+def _remove_previous_demo_map(path: Path, session_id: str) -> str | None:
+    """The node never replaces a map, so a re-run first removes the map an earlier demo left in its own
+    output folder (a map of exactly this demo session). Anything else there: the reason it is kept."""
+    if not path.exists():
+        return None
+    try:
+        sessions = SessionMap.load(path).session_ids
+    except ValueError as e:
+        return f"{path} exists and is not a map of an earlier demo ({e}); choose another --out"
+    if sessions != [session_id]:
+        return f"{path} holds the map of session(s) {sessions}, not an earlier demo's; choose another --out"
+    print(f"demo: replacing the map of the previous demo run, {path}")
+    path.unlink()
+    return None
 
 
 def _plot(s1: Session, s2: Session, closures: list[dict], pr, png: Path) -> Path:

@@ -215,7 +215,13 @@ class ClinoVprNode(Node):
     def _build_pipeline(self) -> Any:
         from clino_vpr_ros.engine import get_engine_config
         from clino_vpr_ros.pipeline import LoopClosurePipeline
+        from clino_vpr_ros.session_map import MapWriter
 
+        # refuse a map_path that holds another run's map (or is a prior map) before loading anything;
+        # the engine then owns map_path through the same MapWriter rule
+        MapWriter(self.p.map_path, read_only=self.p.prior_maps,
+                  hint="leave map_path empty for a new file per session ($ROS_HOME/clino_vpr/<session_id>.npz) "
+                       "or choose a new map_path, and put the old map in prior_maps")
         model = Path(self.p.model_path)
         if not model.exists():
             raise FileNotFoundError(
@@ -399,7 +405,8 @@ class ClinoVprNode(Node):
 
     # ---------------------------------------------------------------- maps, diagnostics, logging
     def save_map(self) -> Path:
-        """Save this session's map to ``map_path`` (atomic in the core); returns the path written."""
+        """Save this session's map to ``map_path`` (atomic; the core's MapWriter refuses to replace a
+        file this run did not write); returns the path written."""
         with self._engine_lock:
             return Path(self.pipeline.engine.save_map(self.p.map_path))
 
@@ -475,6 +482,9 @@ class ClinoVprNode(Node):
         self._running = False
         self._queue.close()
         self._worker.join(timeout=30.0)
+        if self._keyframe_count() == 0:  # nothing to keep: a session with no keyframe leaves no map behind
+            self.get_logger().info(f"shutdown: no keyframes, no map written to {self.p.map_path}")
+            return
         try:
             path = self.save_map()
             self.get_logger().info(f"shutdown: saved {self._keyframe_count()} keyframes to {path}")
@@ -485,13 +495,17 @@ class ClinoVprNode(Node):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``clino_vpr_node``; SIGINT and SIGTERM both stop, save the map and exit 0."""
     args = sys.argv if argv is None else [sys.argv[0], *argv]
+    own = args[1:args.index("--ros-args")] if "--ros-args" in args else args[1:]
+    if "-h" in own or "--help" in own:  # before rclpy.init: no node, no DDS, no map
+        print(params.usage())
+        return 0
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
         node = ClinoVprNode()
-    except (ValueError, FileNotFoundError, ParameterException) as e:
+    except (ValueError, OSError, ParameterException) as e:  # OSError: FileExistsError for an existing map_path
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
         rclpy.try_shutdown()
         return 2

@@ -20,6 +20,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from clino_vpr_ros import assets
+from clino_vpr_ros.geometry import unit_quaternion_error
 
 PACKAGE = "clino_vpr_ros"
 DEFAULT_MODEL_NAME = assets.DEFAULT_MODEL
@@ -66,9 +67,7 @@ def _check_pose7(values: Any) -> str | None:
     v = list(values or [])
     if len(v) != 7:
         return f"expected 7 numbers [x, y, z, qx, qy, qz, qw], got {len(v)}"
-    if sum(float(a) ** 2 for a in v[3:]) < 1e-12:
-        return "quaternion [qx, qy, qz, qw] is zero; expected a unit quaternion"
-    return None
+    return unit_quaternion_error([float(a) for a in v[3:]])
 
 
 def _check_session_id(value: str) -> str | None:
@@ -93,7 +92,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("model_path", str, "", "ONNX gated encoder. Empty: $CLINO_VPR_MODEL, else the shipped model "
               f"share/{PACKAGE}/models/{DEFAULT_MODEL_NAME} (or models/ of a source checkout)."),
     ParamSpec("providers", "str[]", [], "onnxruntime execution providers in priority order "
-              "(e.g. [CUDAExecutionProvider, CPUExecutionProvider]). Empty: TensorRT -> CUDA -> CPU, whichever exist."),
+              "(onnxruntime's names, e.g. [CUDAExecutionProvider, CPUExecutionProvider], or short ones: tensorrt, cuda, cpu). "
+              "Empty: TensorRT -> CUDA -> CPU, whichever this onnxruntime build has."),
     ParamSpec("engine_preset", str, "default", "Loop-closure engine preset (keyframes, index, candidate "
               "thresholds, verification): a name of clino_vpr_ros.engine.ENGINE_PRESETS.", check=_check_engine_preset),
     ParamSpec("session_id", str, "", "Name of this mapping session, stored in the map and in every closure. "
@@ -101,7 +101,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("prior_maps", "str[]", [], "Session maps saved by earlier runs, loaded at start-up; their keyframes "
               "are matched against (inter-session closures).", check=_check_prior_maps),
     ParamSpec("map_path", str, "", "Where this session's map is saved (autosave, ~/save_map, shutdown). "
-              "Empty: $ROS_HOME/clino_vpr/<session_id>.npz ($ROS_HOME defaults to ~/.ros)."),
+              "Empty: $ROS_HOME/clino_vpr/<session_id>.npz ($ROS_HOME defaults to ~/.ros). A file that exists at "
+              "start-up (another run's map, a prior map) refuses the start: a map is never replaced; a session with "
+              "no keyframe writes no map unless ~/save_map is called."),
     ParamSpec("autosave_period_s", float, 60.0, "Save the map to map_path every this many seconds; 0 saves "
               "only on ~/save_map and at shutdown (SIGINT / SIGTERM).", range=(0.0, 86400.0)),
     ParamSpec("image_transport", str, "raw", "raw: subscribe `image` (sensor_msgs/Image); compressed: "
@@ -124,7 +126,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("sync_tolerance_s", float, 0.05, "Largest |stamp difference| between an image and the odometry / "
               "depth message paired with it.", read_only=False, range=(0.0, 5.0)),
     ParamSpec("base_T_camera", "float[]", list(OPTICAL_BASE_T_CAMERA), "Camera optical frame in the base frame: "
-              "[x, y, z, qx, qy, qz, qw]. Default: optical frame at the base origin.", check=_check_pose7),
+              "[x, y, z, qx, qy, qz, qw], a unit quaternion (|q|^2 within 0.01 of 1, as tf2 requires). Default: optical "
+              "frame at the base origin.", check=_check_pose7),
     ParamSpec("publish_unverified", bool, False, "Also publish closures that were not geometrically verified "
               "(covariance[0] = -1 on loop_closures); LIO-SAM's topic only carries verified ones unless this is true."),
     ParamSpec("publish_gate_mask", bool, False, "Publish the semantic gate mask of every processed frame on "
@@ -172,17 +175,37 @@ def declare_parameters(node: Node) -> NodeParams:
     """
     values: dict[str, Any] = {}
     for spec in PARAMS:
-        default = _UNSET_ARRAY[spec.type] if spec.type in _UNSET_ARRAY and not spec.default else spec.default
-        param = node.declare_parameter(spec.name, default, spec.descriptor())
-        value = param.value
-        if spec.type in _UNSET_ARRAY:
-            value = [v for v in (value if value is not None else spec.default)]
-            value = [v for v in value if v != ""] if spec.type == "str[]" else value
-        values[spec.name] = value
+        if spec.type in _UNSET_ARRAY and not spec.default:
+            value = _declare_empty_array(node, spec)
+        else:
+            value = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
+        if spec.type == "str[]":
+            value = [v for v in value if v != ""]
+        values[spec.name] = list(value) if spec.type in _UNSET_ARRAY else value
     errors = [e for e in (validate(n, v) for n, v in values.items()) if e]
     if errors:
         raise ValueError("invalid parameters: " + "; ".join(errors))
     return NodeParams(resolve_defaults(values))
+
+
+def _declare_empty_array(node: Node, spec: ParamSpec) -> list:
+    """Declare an array parameter whose default is [] so that it holds a value ([] of its type).
+
+    rclpy cannot take the type from an empty list (it would become a byte array), and a parameter
+    declared by type alone stays NOT_SET: ``ros2 param dump`` leaves it out and a batched
+    ``get_parameters`` returns nothing. So: declare by type (writable), give it [] unless the
+    user set it, then install the real (read-only) descriptor.
+    """
+    kind = _UNSET_ARRAY[spec.type]
+    writable = spec.descriptor()
+    writable.read_only = False
+    param = node.declare_parameter(spec.name, kind, writable)
+    if param.type_ == Parameter.Type.NOT_SET:  # not given (or given as an empty list in a YAML file)
+        result = node.set_parameters([Parameter(spec.name, kind, [])])[0]
+        if not result.successful:
+            raise ValueError(f"{spec.name}: could not set its default []: {result.reason}")
+    node.set_descriptor(spec.name, spec.descriptor())
+    return list(node.get_parameter(spec.name).value)
 
 
 def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -200,19 +223,9 @@ def resolve_defaults(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_model_path() -> Path:
-    """The model used when ``model_path`` is empty: ``$CLINO_VPR_MODEL``, else the shipped model in the
-    package share folder found through the ament index (colcon installs), else
-    :func:`clino_vpr_ros.assets.default_model_path` (pip prefix, then the source checkout)."""
-    if os.environ.get("CLINO_VPR_MODEL"):
-        return Path(os.environ["CLINO_VPR_MODEL"])
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        share = Path(get_package_share_directory(PACKAGE)) / "models" / DEFAULT_MODEL_NAME
-        if share.is_file():
-            return share
-    except (ImportError, OSError, PackageNotFoundError, ValueError, LookupError):
-        pass  # no ament index here (pip install, source checkout): the asset lookup below covers it
+    """The model used when ``model_path`` is empty: :func:`clino_vpr_ros.assets.default_model_path`
+    (``$CLINO_VPR_MODEL``, else the shipped model found through the ament index, the Python prefix
+    or the source checkout: the same lookup as every command)."""
     return assets.default_model_path()
 
 
@@ -223,3 +236,61 @@ def on_set_parameters(params: list[Parameter]) -> SetParametersResult:
         if error:
             return SetParametersResult(successful=False, reason=error)
     return SetParametersResult(successful=True)
+
+
+#: the node's topics and services (name, type, what), for --help; docs/ros_interface.md has the rest
+TOPICS_IN = (
+    ("image", "sensor_msgs/Image", "camera (or <image>/compressed, sensor_msgs/CompressedImage, with image_transport compressed)"),
+    ("camera_info", "sensor_msgs/CameraInfo", "intrinsics (use_camera_info)"),
+    ("odom", "nav_msgs/Odometry", "robot odometry (use_odom)"),
+    ("depth", "sensor_msgs/Image", "registered depth, 16UC1 mm or 32FC1 m (use_depth)"),
+)
+TOPICS_OUT = (
+    ("loop_closure_detection", "std_msgs/Float64MultiArray", "[t_query, t_match] for LIO-SAM"),
+    ("loop_closures", "nav_msgs/Odometry", "one pose-graph edge per closure"),
+    ("loop_closure_markers", "visualization_msgs/MarkerArray", "closures for RViz (latched)"),
+    ("gate_mask", "sensor_msgs/Image", "semantic gate mask, mono8 (publish_gate_mask)"),
+    ("/diagnostics", "diagnostic_msgs/DiagnosticArray", "rates, latency, counters"),
+    ("~/save_map", "std_srvs/Trigger", "save this session's map to map_path now"),
+    ("~/reset", "std_srvs/Trigger", "forget this session's keyframes (prior maps stay)"),
+)
+
+
+def _default_text(spec: ParamSpec) -> str:
+    if spec.type is bool:
+        return "true" if spec.default else "false"
+    if isinstance(spec.default, list):
+        return "[" + ", ".join(str(v) for v in spec.default) + "]"
+    return repr(spec.default) if spec.type is str else str(spec.default)
+
+
+def usage(prog: str = "clino_vpr_node") -> str:
+    """``clino_vpr_node --help``: parameters (type, default, description), topics to remap, an example."""
+    lines = [
+        f"usage: {prog} [--help] [--ros-args [--params-file FILE] [-p NAME:=VALUE]... [-r TOPIC:=NEW_TOPIC]...]",
+        "",
+        "Learned loop closure: camera images (+ odometry) in, verified loop closures out.",
+        "Full interface: docs/ros_interface.md; every parameter with a comment: config/clino_vpr.yaml.",
+        "",
+        "parameters (-p NAME:=VALUE; read-only ones are fixed at start-up):",
+    ]
+    for spec in PARAMS:
+        kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
+        extra = f" One of: {', '.join(spec.choices)}." if spec.choices else ""
+        bounds = f" Range {spec.range[0]}..{spec.range[1]}." if spec.range else ""
+        mode = "" if spec.read_only else " Changeable at run time."
+        lines.append(f"  {spec.name} ({kind}, default {_default_text(spec)})")
+        lines.append(f"      {spec.description}{extra}{bounds}{mode}")
+    lines += ["", "subscribed topics (remap with -r NAME:=/your/topic):"]
+    lines += [f"  {name:<24} {kind:<32} {what}" for name, kind, what in TOPICS_IN]
+    lines += ["", "published topics and services:"]
+    lines += [f"  {name:<24} {kind:<32} {what}" for name, kind, what in TOPICS_OUT]
+    lines += [
+        "",
+        "example:",
+        f"  ros2 run {PACKAGE} {prog} --ros-args --params-file config/clino_vpr.yaml \\",
+        "      -r image:=/camera/color/image_raw -r camera_info:=/camera/color/camera_info -r odom:=/odom \\",
+        "      -r loop_closure_detection:=lio_loop/loop_closure_detection -p prior_maps:=[/maps/yesterday.npz]",
+        f"  (or: ros2 launch {PACKAGE} clino_vpr.launch.py camera:=/camera/color/image_raw odom:=/odom)",
+    ]
+    return "\n".join(lines)

@@ -25,6 +25,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from clino_vpr_ros.atomic import atomic_write
+from clino_vpr_ros.geometry import matrix_to_quaternion
 from clino_vpr_ros.synth.conditions import CONDITIONS, sample_condition
 from clino_vpr_ros.synth.geo import UTM_LETTER, UTM_ZONE, town_to_utm, utm_to_latlon
 from clino_vpr_ros.synth.render import Renderer
@@ -48,8 +49,7 @@ GT_LOOP_PARAMS = {"radius_m": 8.0, "max_yaw_deg": 30.0, "min_gap_s": 20.0}
 # ---------------------------------------------------------------------- small helpers
 def rotation_to_quaternion(rot: np.ndarray) -> tuple[float, float, float, float]:
     """(3,3) rotation -> (qx, qy, qz, qw), qw >= 0."""
-    q = Rotation.from_matrix(np.asarray(rot, np.float64)).as_quat(canonical=True)
-    return tuple(float(x) for x in q)
+    return matrix_to_quaternion(rot)  # SciPy 1.8 (Humble) has no as_quat(canonical=True)
 
 
 def quaternion_to_rotation(qx: float, qy: float, qz: float, qw: float) -> np.ndarray:
