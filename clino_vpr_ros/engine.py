@@ -526,8 +526,10 @@ class LoopClosureEngine:
                 self._counts["unverifiable"] += 1
                 v = None
             else:
-                m_feat = self._with_depth(c, features, K, m_feat, m_K, m_pose, m_bTc)
-                v = verify_pair(features, K, m_feat, m_K, self.cfg.verify)
+                m_tri = self._with_depth(c, features, K, m_feat, m_K, m_pose, m_bTc)
+                v = verify_pair(features, K, m_tri, m_K, self.cfg.verify)
+                if m_tri is not m_feat:
+                    v = self._checked_triangulated(v, verify_pair(features, K, m_feat, m_K, self.cfg.verify))
                 self._counts["verified" if v.accepted else "rejected"] += 1
                 if not v.accepted:
                     log.debug("candidate %s/%d rejected: %s", session, c.match_id, v.reason)
@@ -554,6 +556,24 @@ class LoopClosureEngine:
             if feats is not None and K is not None and pose is not None:
                 neighbours.append(Neighbour(feats, K, camera_motion(m_pose, pose, m_bTc)))
         return with_triangulated_depths(m_feat, m_K, neighbours, self.cfg.verify, tcfg) or m_feat
+
+    def _checked_triangulated(self, pnp: Verification, plain: Verification) -> Verification:
+        """The triangulated PnP pose when the plain two-view geometry agrees with it, else the plain one.
+
+        Triangulation can go wrong (odometry glitch, repeated texture between neighbours) and a wrong
+        metric pose is worse than a direction: its translation must point within
+        ``max_direction_disagreement_deg`` of the essential matrix's (for translations above 0.5 m,
+        where that direction is defined) and its rotation within 5 deg.
+        """
+        if not pnp.accepted or not pnp.metric or not plain.accepted:
+            return pnp if pnp.accepted else plain
+        dR = pnp.qcam_T_mcam[:3, :3].T @ plain.qcam_T_mcam[:3, :3]
+        t = pnp.qcam_T_mcam[:3, 3]
+        agree = rotation_angle_deg(dR) <= 5.0
+        if agree and np.linalg.norm(t) > 0.5 and plain.method == "essential":
+            cos = float(t @ plain.qcam_T_mcam[:3, 3]) / (np.linalg.norm(t) * max(np.linalg.norm(plain.qcam_T_mcam[:3, 3]), 1e-9))
+            agree = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))) <= self.cfg.triangulation.max_direction_disagreement_deg
+        return pnp if agree else plain
 
     def _neighbour_views(self, c: Candidate, k: int) -> list[tuple[LocalFeatures | None, np.ndarray | None, np.ndarray | None]]:
         """(features, K, pose) of up to ``k`` keyframes on each side of the match, same session."""

@@ -29,7 +29,9 @@ class TriangulationConfig:
 
     neighbours: keyframes on each side of the match used as second views; min_parallax_deg:
     the angle between the two viewing rays of a point; max_reprojection_px: in both views;
-    min_depth_m/max_depth_m: kept depth range; min_points: fewer triangulated points -> no depth."""
+    min_depth_m/max_depth_m: kept depth range; min_points: fewer triangulated points -> no depth;
+    max_direction_disagreement_deg: the engine keeps a triangulated PnP pose only when its translation
+    points within this of the plain essential matrix's (and the rotations agree within 5 deg)."""
 
     enabled: bool = True
     neighbours: int = 3
@@ -38,6 +40,7 @@ class TriangulationConfig:
     min_depth_m: float = 0.3
     max_depth_m: float = 60.0
     min_points: int = 20
+    max_direction_disagreement_deg: float = 20.0
 
     def __post_init__(self) -> None:
         if self.neighbours < 1 or self.min_points < 1 or self.max_reprojection_px <= 0:
