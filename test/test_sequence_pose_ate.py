@@ -76,7 +76,8 @@ def test_rgb_only_closure_gets_a_metric_translation_from_triangulation() -> None
     points = np.column_stack([rng.uniform(-12, 12, 400), rng.uniform(-4, 2, 400), rng.uniform(6, 30, 400)])
     desc = rng.integers(0, 256, size=(400, 128), dtype=np.uint8)
     match_pose = _pose(0.0, (0.0, 0.0, 0.0))
-    neighbour_poses = [_pose(2.0, (0.3, 0.0, -1.0)), _pose(-2.0, (-0.3, 0.0, 1.0))]  # odometry: 1 m behind / ahead
+    # the keyframes before and after the match, 1 m apart along the drive (relative poses from odometry)
+    neighbour_poses = [_pose(0.5 * d, (0.1 * d, 0.0, float(d))) for d in (-3, -2, -1, 1, 2, 3)]
     query_pose = _pose(8.0, (1.5, 0.1, 0.6))  # the revisit: 1.5 m to the side, turned 8 deg
     match = _view(points, match_pose, K, desc, rng)
     neighbours = [Neighbour(_view(points, p, K, desc, rng), K, camera_motion(match_pose, p, None)) for p in neighbour_poses]
@@ -86,7 +87,7 @@ def test_rgb_only_closure_gets_a_metric_translation_from_triangulation() -> None
     assert without_depth.accepted and not without_depth.metric  # a plain pair: direction only
 
     triangulated = with_triangulated_depths(match, K, neighbours, VerifyConfig(), TriangulationConfig())
-    assert triangulated is not None and np.isfinite(triangulated.depths).sum() >= 50
+    assert triangulated is not None and np.isfinite(triangulated.depths).sum() >= 40
     v = verify_pair(query, K, triangulated, K, VerifyConfig())
     truth = np.linalg.inv(query_pose) @ match_pose
     assert v.accepted and v.metric and v.method == "pnp"
