@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,21 +68,24 @@ class EngineConfig:
             raise ValueError("autosave_period_s > 0 needs an autosave_path")
 
 
+_SEQUENCE = SequenceConfig(enabled=True)
+
 ENGINE_PRESETS: dict[str, EngineConfig] = {
-    # sequence scoring (5 aligned keyframes, margin 0.15 over the best other place), a closure for every
-    # keyframe with a verified match; thresholds chosen on validation towns 961/962 (models/README.md)
+    # single-frame candidates (ORB-SLAM3-like 3 consecutive matches, de-duplication): precision 1.0 on every
+    # held-out sequence measured, low recall (models/README.md)
     "default": EngineConfig(),
-    # HNSW keeps query time ~flat beyond ~100k keyframes at a small recall cost (see `clino-vpr bench index`);
-    # sequence scoring still scans the map's descriptors (a (5, N) product per keyframe)
+    # sequence scoring (5 aligned keyframes, margin 0.15 over the best other place), a closure for every
+    # keyframe with a verified match; thresholds chosen on validation towns 961/962. 5-9x the recall of
+    # "default" on held-out towns, but not yet precision 1.0 everywhere (models/README.md)
+    "sequence": EngineConfig(sequence=_SEQUENCE),
+    # HNSW keeps query time ~flat beyond ~100k keyframes at a small recall cost (see `clino-vpr bench index`)
     "large_map": EngineConfig(index=IndexConfig(kind="hnsw")),
-    # fewer, more certain closures: a larger sequence margin, cuVGL-like 40 inliers
-    "strict": EngineConfig(sequence=SequenceConfig(min_margin=0.2, min_score=0.4), verify=VerifyConfig(min_inliers=40)),
+    # fewer, more certain closures: ORB-SLAM3-like 4 consecutive matches, cuVGL-like 40 inliers
+    "strict": EngineConfig(candidates=CandidateConfig(min_consecutive=4, min_score=0.7), verify=VerifyConfig(min_inliers=40)),
     # more closures for a robust back end (GNC / switchable constraints): sequences of 3 keyframes, margin 0.1;
-    # on validation towns recall 0.60-0.86 at precision 0.95-1.0 (the wrong ones: right place, heading just
-    # beyond the 30 deg revisit definition)
-    "high_recall": EngineConfig(sequence=SequenceConfig(min_length=3, min_margin=0.1)),
-    # the single-frame detector of earlier releases: ORB-SLAM3-like 3 consecutive matches, de-duplication
-    "single_frame": EngineConfig(sequence=SequenceConfig(enabled=False)),
+    # on validation towns recall 0.60-0.86 at precision 0.95-1.0 (the wrong ones: the right place seen with a
+    # heading just beyond the 30 deg revisit definition)
+    "high_recall": EngineConfig(sequence=replace(_SEQUENCE, min_length=3, min_margin=0.1)),
     # exact search on the GPU when faiss has GPU support (falls back to the CPU index otherwise)
     "gpu": EngineConfig(index=IndexConfig(use_gpu=True)),
     # no odometry: keyframes by time and novelty only

@@ -32,7 +32,8 @@ import numpy as np
 class SequenceConfig:
     """Sequence scoring and the adaptive acceptance of the module docstring.
 
-    enabled False: the engine falls back to single-frame candidates
+    enabled False (the default until it is precise enough on every held-out town, see
+    models/README.md; the ``sequence`` and ``high_recall`` presets turn it on): single-frame candidates
     (:class:`~clino_vpr_ros.candidates.CandidateFilter`). window: query keyframes per sequence
     (current included); min_length: aligned pairs needed for a score (a shorter history gives none);
     max_align_gap_m / max_align_gap_keyframes: an aligned map keyframe farther than this from the
@@ -40,7 +41,7 @@ class SequenceConfig:
     this neighbourhood of the best.
     """
 
-    enabled: bool = True
+    enabled: bool = False
     window: int = 5
     min_length: int = 5
     min_score: float = 0.3
