@@ -10,6 +10,11 @@ Presets (``MODEL_PRESETS``):
   SALAD 64 clusters x 8 -> 512-d. Weights: ``facebook/dinov2-large``,
   ``openai/clip-vit-large-patch14-336`` (HF format, loaded from a local folder or the local HF cache).
 * ``small``: DINOv2-S/14 + CLIP ViT-B/32 shaped, 224x224 -> 16x16 grid; CPU-benchmarkable.
+* ``dinov2_salad``: the published DINOv2-B/14 + SALAD (Izquierdo & Civera, CVPR 2024) at the authors'
+  evaluation size 322x322 -> 23x23 grid, SALAD 64 x 128 + 256-d token -> 8448-d in SALAD's own order
+  (``layout="channel_major"``), no channel adapter, gate off, PIL-bilinear resize (``resize``).
+  Weights come from the released checkpoint through ``clino-vpr import salad``
+  (:mod:`clino_vpr_ros.import_salad`), never from this preset alone.
 * ``tiny``: the shipped default, trained from scratch on synthetic towns on a CPU: 112x112 -> 8x8
   grid, 4-layer ViT (hidden 192), 2-layer CLIP-shaped tower (hidden 128, projection 128, trained
   jointly since no pretrained weights exist for it),
@@ -33,6 +38,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: how a camera frame is resized to the model input (``preprocess.to_model_input``):
+#: "area" = OpenCV INTER_AREA when shrinking, INTER_LINEAR when growing (models trained here);
+#: "pil_bilinear" = PIL ``Image.resize(BILINEAR)``, antialiased when shrinking (torchvision's
+#: ``T.Resize`` on PIL images: what the SALAD authors evaluate with)
+RESIZE_POLICIES = ("area", "pil_bilinear")
+#: order of the cluster part of a SALAD descriptor: "cluster_major" = index k*l+d (models trained
+#: here), "channel_major" = index d*m+k (the SALAD authors' flatten order, for imported weights)
+SALAD_LAYOUTS = ("cluster_major", "channel_major")
 
 
 @dataclass(frozen=True)
@@ -91,12 +105,15 @@ class ClipConfig:
 class GateConfig:
     """Channel adapter (1x1 conv C->adapter_dim, BN, ReLU) and semantic gate MLP.
 
+    ``adapter_dim=None``: no adapter, the gate and SALAD see the backbone's patch features directly
+    (imported SALAD weights expect them).
+
     Gate: Linear(projection_dim -> hidden_dim), ReLU, Linear(hidden_dim -> h*w), sigmoid,
     reshaped to (B,1,h,w). ``use_gate=False`` fixes the mask to 1 (ablation) and drops the CLIP
     tower, whose only consumer is the gate.
     """
 
-    adapter_dim: int = 512
+    adapter_dim: int | None = 512
     hidden_dim: int = 512
     use_gate: bool = True
 
@@ -108,6 +125,7 @@ class SaladConfig:
     Output size ``num_clusters * cluster_dim + token_dim`` unless ``descriptor_dim`` is set, in
     which case a final linear projection (as MegaLoc) maps it to ``descriptor_dim``.
     The published setting is ``num_clusters=64, cluster_dim=128, token_dim=256`` (8448-d).
+    ``layout``: order of the cluster part (``SALAD_LAYOUTS``); only imported weights use "channel_major".
     """
 
     num_clusters: int = 64
@@ -117,11 +135,13 @@ class SaladConfig:
     dropout: float = 0.3
     sinkhorn_iters: int = 3
     descriptor_dim: int | None = None
+    layout: str = "cluster_major"
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Complete gated-encoder description. ``image_size`` is (height, width) of the model input."""
+    """Complete gated-encoder description. ``image_size`` is (height, width) of the model input;
+    ``resize`` the policy that brings a camera frame to it (``RESIZE_POLICIES``)."""
 
     preset: str = "large"
     image_size: tuple[int, int] = (336, 336)
@@ -129,6 +149,7 @@ class ModelConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     salad: SaladConfig = field(default_factory=SaladConfig)
+    resize: str = "area"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -220,6 +241,12 @@ def _validate(cfg: ModelConfig) -> None:
         raise ValueError(f"invalid SALAD sizes: {s}")
     if s.descriptor_dim is not None and s.descriptor_dim <= 0:
         raise ValueError(f"descriptor_dim must be positive or None, got {s.descriptor_dim}")
+    if s.layout not in SALAD_LAYOUTS:
+        raise ValueError(f"SALAD layout {s.layout!r} unknown; valid: {SALAD_LAYOUTS}")
+    if cfg.resize not in RESIZE_POLICIES:
+        raise ValueError(f"resize policy {cfg.resize!r} unknown; valid: {RESIZE_POLICIES}")
+    if cfg.gate.adapter_dim is not None and cfg.gate.adapter_dim <= 0:
+        raise ValueError(f"adapter_dim must be positive or None (no adapter), got {cfg.gate.adapter_dim}")
 
 
 def _large() -> ModelConfig:
@@ -267,8 +294,26 @@ def _tiny() -> ModelConfig:
     )
 
 
+def _dinov2_salad() -> ModelConfig:
+    return ModelConfig(
+        preset="dinov2_salad",
+        image_size=(322, 322),
+        backbone=BackboneConfig(hidden_size=768, num_layers=12, num_heads=12, trainable_blocks=0, weights=None),
+        # the CLIP tower the semantic gate uses when one is trained on top (train --init-from)
+        clip=ClipConfig(),
+        gate=GateConfig(adapter_dim=None, hidden_dim=512, use_gate=False),
+        salad=SaladConfig(num_clusters=64, cluster_dim=128, token_dim=256, hidden_dim=512, layout="channel_major"),
+        resize="pil_bilinear",
+    )
+
+
 #: named presets; get_model_config returns them
-MODEL_PRESETS: dict[str, ModelConfig] = {"tiny": _tiny(), "small": _small(), "large": _large()}
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "tiny": _tiny(),
+    "small": _small(),
+    "large": _large(),
+    "dinov2_salad": _dinov2_salad(),
+}
 
 
 def get_model_config(name: str) -> ModelConfig:

@@ -46,8 +46,8 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def load_model_inputs(paths: list[Path], image_size: tuple[int, int] | int) -> np.ndarray:
-    """Read images and apply the shared resize policy.
+def load_model_inputs(paths: list[Path], image_size: tuple[int, int] | int, resize: str = "area") -> np.ndarray:
+    """Read images and apply the shared resize policy (``resize``: the model's, see ``preprocess``).
 
     Returns uint8 (len(paths), H, W, 3) RGB, C-contiguous, ready for the encoder.
     """
@@ -56,7 +56,7 @@ def load_model_inputs(paths: list[Path], image_size: tuple[int, int] | int) -> n
     size = _as_hw(image_size)
     out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
     for i, path in enumerate(paths):
-        out[i] = to_model_input(read_rgb(path), size, encoding="rgb8")
+        out[i] = to_model_input(read_rgb(path), size, encoding="rgb8", resize=resize)
     return out
 
 

@@ -150,6 +150,14 @@ def model_image_size(model: Any) -> tuple[int, int]:
     raise ValueError(f"cannot tell the input size of {type(model).__name__}: pass image_size explicitly")
 
 
+def model_resize_policy(model: Any) -> str:
+    """The resize policy a RuntimeEncoder (metadata) or a torch GatedEncoder (config) expects."""
+    owner = getattr(model, "metadata", None) or getattr(model, "config", None)
+    if owner is None:
+        raise ValueError(f"cannot tell the resize policy of {type(model).__name__}")
+    return owner.resize
+
+
 def encode_images(model: Any, images: np.ndarray) -> np.ndarray:
     """Descriptors float32 (B, D) of uint8 (B, H, W, 3) RGB images, from a RuntimeEncoder or a torch GatedEncoder."""
     if hasattr(model, "encode"):  # torch-free RuntimeEncoder
@@ -175,10 +183,11 @@ def encode_paths(
     from tqdm import tqdm
 
     size = image_size or model_image_size(model)
+    resize = model_resize_policy(model)
     chunks = []
     starts = range(0, len(paths), batch_size)
     for start in tqdm(starts, desc="encode", unit="batch", disable=not progress, leave=False):
-        chunks.append(encode_images(model, load_model_inputs(list(paths[start : start + batch_size]), size)))
+        chunks.append(encode_images(model, load_model_inputs(list(paths[start : start + batch_size]), size, resize)))
     return np.concatenate(chunks, axis=0)
 
 
@@ -405,12 +414,15 @@ def read_closures_csv(path: Path | str) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"closures file not found: {path}")
     cols = ("query_stamp", "match_stamp", "query_session", "match_session", "score", "verified", "inliers")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in cols if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path} lacks columns {missing}; expected {list(cols)}")
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in cols if c not in (reader.fieldnames or [])]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a closures CSV (a text table written by `clino-vpr bag`): {exc}") from exc
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; expected {list(cols)}")
     return {
         "query_stamp": np.array([float(r["query_stamp"]) for r in rows], np.float64),
         "match_stamp": np.array([float(r["match_stamp"]) for r in rows], np.float64),

@@ -94,6 +94,7 @@ def export_onnx(model: GatedEncoder, out: Path, fp16: bool = False, opset: int =
         fp16=fp16,
         package_version=__version__,
         config_json=_config_json(model),
+        resize=model.config.resize,
     )
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
         tmp_dir = Path(tmp)

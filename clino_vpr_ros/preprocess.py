@@ -11,8 +11,11 @@ Policy (``to_model_input``):
    (bilinear ``cv2.COLOR_Bayer*2RGB``, pattern named as in ROS ``sensor_msgs/image_encodings``).
 2. Resize the *whole* frame to ``size`` = (height, width), no crop: a loop closure may hinge on
    anything in the field of view, so nothing is cut away; the aspect change is the same at training
-   and at run time. ``cv2.INTER_AREA`` when shrinking (anti-aliased), ``cv2.INTER_LINEAR`` when
-   either side grows.
+   and at run time. The model says how (``resize``, in its metadata): ``"area"`` (models trained
+   here) is ``cv2.INTER_AREA`` when shrinking (anti-aliased), ``cv2.INTER_LINEAR`` when either side
+   grows; ``"pil_bilinear"`` (imported SALAD weights) is PIL's ``Image.resize(BILINEAR)``, the
+   authors' evaluation resize (torchvision ``T.Resize`` on a PIL image), whose antialiased
+   shrinking differs from OpenCV's by up to ~1e-3 in the descriptor.
 
 The model itself normalises (mean/std per tower) inside the network / ONNX graph, so the output
 here is plain uint8 RGB.
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from clino_vpr_ros.config import RESIZE_POLICIES
 
 #: ROS sensor_msgs encodings accepted by to_model_input
 SUPPORTED_ENCODINGS: tuple[str, ...] = (
@@ -82,13 +87,16 @@ def to_rgb8(image: np.ndarray, encoding: str = "rgb8") -> np.ndarray:
     return rgb
 
 
-def to_model_input(image: np.ndarray, size: tuple[int, int], encoding: str = "rgb8") -> np.ndarray:
+def to_model_input(
+    image: np.ndarray, size: tuple[int, int], encoding: str = "rgb8", resize: str = "area"
+) -> np.ndarray:
     """Apply THE preprocessing policy (module docstring): encoding -> RGB, whole-frame resize.
 
     Args:
         image: camera image as described in :func:`to_rgb8`.
         size: (height, width) of the model input, e.g. ``ModelMetadata.input_size``.
         encoding: one of ``SUPPORTED_ENCODINGS``.
+        resize: the model's resize policy, one of ``RESIZE_POLICIES`` (``ModelMetadata.resize``).
     Returns:
         uint8 (height, width, 3) RGB, C-contiguous.
     Raises:
@@ -96,20 +104,36 @@ def to_model_input(image: np.ndarray, size: tuple[int, int], encoding: str = "rg
     """
     if len(size) != 2 or any(int(s) != s or s <= 0 for s in size):
         raise ValueError(f"size must be (height, width) positive integers, got {size!r}")
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"unknown resize policy {resize!r}; valid: {', '.join(RESIZE_POLICIES)}")
     out_h, out_w = int(size[0]), int(size[1])
     rgb = to_rgb8(image, encoding)
     h, w = rgb.shape[:2]
-    if (h, w) != (out_h, out_w):
-        shrinking = out_h <= h and out_w <= w
-        rgb = cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if (h, w) == (out_h, out_w):
+        return np.ascontiguousarray(rgb)
+    if resize == "pil_bilinear":
+        return _pil_bilinear(rgb, out_h, out_w)
+    shrinking = out_h <= h and out_w <= w
+    rgb = cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     return np.ascontiguousarray(rgb)
 
 
-def to_model_batch(images: list[np.ndarray], size: tuple[int, int], encoding: str = "rgb8") -> np.ndarray:
+def to_model_batch(
+    images: list[np.ndarray], size: tuple[int, int], encoding: str = "rgb8", resize: str = "area"
+) -> np.ndarray:
     """:func:`to_model_input` over a list; returns uint8 (N, height, width, 3) RGB, C-contiguous."""
     if len(images) == 0:
         return np.zeros((0, int(size[0]), int(size[1]), 3), dtype=np.uint8)
-    return np.stack([to_model_input(im, size, encoding) for im in images])
+    return np.stack([to_model_input(im, size, encoding, resize) for im in images])
+
+
+def _pil_bilinear(rgb: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """PIL ``Image.resize((w, h), BILINEAR)`` of uint8 (H,W,3): exactly what torchvision's
+    ``T.Resize`` does to a PIL image (its support widens with the scale when shrinking)."""
+    from PIL import Image
+
+    pil = Image.fromarray(np.ascontiguousarray(rgb))  # uint8 (H,W,3) -> mode RGB
+    return np.ascontiguousarray(np.asarray(pil.resize((out_w, out_h), Image.BILINEAR)))
 
 
 def _check(image: np.ndarray, dtype: type, encoding: str, shape_ok: bool, expected_shape: str) -> None:

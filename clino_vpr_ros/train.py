@@ -13,6 +13,10 @@ step; read back with ``torch.load(weights_only=True)``), ``best.safetensors``, `
 ``curves.png``. ``--resume`` continues from the last finished epoch and gives the same weights as an
 uninterrupted run: every epoch re-seeds torch and draws its batches from ``(seed, epoch)`` alone.
 
+A semantic gate can be trained on top of the published DINOv2-SALAD weights alone (``--init-from``
+the released checkpoint, ``--gate-only``): backbone, SALAD and the CLIP tower stay frozen (and in
+eval mode), the gate starts fully open, so epoch 0 is the imported model.
+
 Example (the shipped ``tiny`` preset on synthetic towns, CPU)::
 
     clino-vpr train --data data/gsv --val data/val/synth0900_cross --out runs/tiny --preset tiny \\
@@ -56,6 +60,10 @@ class TrainConfig:
     ``iters_per_epoch=None`` visits every place once per epoch; a number samples that many batches
     (``iters_per_epoch * batch_places`` places) per epoch. ``dinov2``/``clip``: local folders with
     pretrained HF weights for presets that start from them (``large``, ``small``).
+    ``init_from``: a released DINOv2-SALAD checkpoint (:mod:`clino_vpr_ros.import_salad`) with a
+    semantic gate added on top: its CLIP tower has the shape of preset ``gate_clip``'s (weights from
+    ``clip``; random without), the input is ``image_size`` (default 322x322), ``num_heads`` as in the
+    import. ``gate_only``: train the gate alone, everything else frozen and in eval mode.
     """
 
     data: Path
@@ -83,6 +91,11 @@ class TrainConfig:
     dinov2: Path | None = None
     clip: Path | None = None
     init: Path | None = None
+    init_from: Path | None = None
+    gate_only: bool = False
+    gate_clip: str = "large"
+    image_size: tuple[int, int] | None = None
+    num_heads: int | None = None
     resume: bool = False
     progress: bool = True
 
@@ -100,6 +113,14 @@ class TrainConfig:
             raise ValueError(f"amp {self.amp!r} unknown; valid: {', '.join(AMP_MODES)}")
         if self.threads < 1 or self.workers < 0:
             raise ValueError(f"threads must be >= 1 and workers >= 0, got {self.threads}, {self.workers}")
+        if self.init is not None and self.init_from is not None:
+            raise ValueError("--init (our checkpoint) and --init-from (a SALAD checkpoint) exclude each other")
+        if self.init_from is not None and not self.use_gate:
+            raise ValueError("--init-from adds a semantic gate on top of the SALAD weights: drop --no-gate")
+        if self.gate_only and not self.use_gate:
+            raise ValueError("--gate-only trains the gate: it cannot be combined with --no-gate")
+        if (self.image_size is not None or self.num_heads is not None) and self.init_from is None:
+            raise ValueError("--image-size and --num-heads apply to --init-from only (presets fix them)")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/torch-safe dict (paths as strings, tuples as lists)."""
@@ -134,8 +155,8 @@ class _PlaceBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, data: GSVCities, batches: np.ndarray, image_size: tuple[int, int], seed: int,
-                 epoch: int, augment: bool, cache: dict[Path, np.ndarray]) -> None:
-        self.data, self.batches, self.image_size = data, batches, image_size
+                 epoch: int, augment: bool, cache: dict[Path, np.ndarray], resize: str = "area") -> None:
+        self.data, self.batches, self.image_size, self.resize = data, batches, image_size, resize
         self.seed, self.epoch, self.augment, self.cache = seed, epoch, augment, cache
 
     def __len__(self) -> int:
@@ -148,7 +169,7 @@ class _PlaceBatches(torch.utils.data.Dataset):
             paths += self.data.sample_paths(int(place), rng)
             labels += [self.data.places[int(place)].label] * self.data.img_per_place
         missing = [p for p in dict.fromkeys(paths) if p not in self.cache]
-        self.cache.update(zip(missing, load_model_inputs(missing, self.image_size)))
+        self.cache.update(zip(missing, load_model_inputs(missing, self.image_size, self.resize)))
         images = np.stack([self.cache[p] for p in paths])
         if self.augment:
             images = photometric_jitter(images, rng)
@@ -203,6 +224,8 @@ def _build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
     from clino_vpr_ros.config import get_model_config
     from clino_vpr_ros.model import build_encoder
 
+    if cfg.init_from is not None:
+        return _build_from_salad(cfg)
     if cfg.init is not None:
         from clino_vpr_ros.checkpoint import load_encoder
 
@@ -226,6 +249,28 @@ def _build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
     if cfg.clip is not None:
         kwargs["clip"] = cfg.clip
     return build_encoder(model_cfg, **kwargs), model_cfg
+
+
+def _build_from_salad(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
+    from clino_vpr_ros.config import get_model_config
+    from clino_vpr_ros.import_salad import load_salad_encoder
+
+    gate_preset = get_model_config(cfg.gate_clip)
+    if cfg.clip is None:
+        logger.warning("no --clip weights: the gate's frozen CLIP tower (%s shape) is randomly initialised",
+                       cfg.gate_clip)
+    model = load_salad_encoder(cfg.init_from, cfg.image_size or (322, 322), cfg.num_heads,
+                               gate_clip=gate_preset.clip, gate_hidden=gate_preset.gate.hidden_dim,
+                               clip_weights=cfg.clip)
+    return model, model.config
+
+
+def freeze_all_but_gate(model: torch.nn.Module) -> None:
+    """Only ``model.gate`` keeps trainable parameters (gate-only training)."""
+    if getattr(model, "gate", None) is None:
+        raise ValueError("--gate-only needs a model with a semantic gate")
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("gate."))
 
 
 def _model_cfg_of(model: torch.nn.Module) -> Any:
@@ -302,6 +347,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model, model_cfg = _build_model(cfg)
+    if cfg.gate_only:
+        freeze_all_but_gate(model)
     model.to(device)
     image_size = tuple(model_cfg.image_size)
     opt = _make_optim(cfg, model, device)
@@ -321,10 +368,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         batches = epoch_batches(len(data), cfg.batch_places, cfg.iters_per_epoch, cfg.seed, epoch)
         loader = torch.utils.data.DataLoader(
-            _PlaceBatches(data, batches, image_size, cfg.seed, epoch, cfg.augment, image_cache),
+            _PlaceBatches(data, batches, image_size, cfg.seed, epoch, cfg.augment, image_cache, model_cfg.resize),
             batch_size=None, shuffle=False, num_workers=cfg.workers, pin_memory=device.type == "cuda",
         )
-        losses = _train_epoch(model, loader, opt, loss_fn, miner, device, f"epoch {epoch}/{cfg.epochs}", cfg.progress)
+        losses = _train_epoch(model, loader, opt, loss_fn, miner, device, f"epoch {epoch}/{cfg.epochs}", cfg.progress,
+                              frozen_eval=cfg.gate_only)
         seconds = time.perf_counter() - t0
         recall = _validate(model, val, cfg, image_size) if val is not None else None
         prog.epoch, prog.step = epoch, prog.step + len(losses)
@@ -394,11 +442,15 @@ def _save_epoch(out: Path, cfg: TrainConfig, model: torch.nn.Module, opt: _Optim
 
 
 def _train_epoch(model: torch.nn.Module, loader, opt: _Optim, loss_fn, miner, device: torch.device, desc: str,
-                 progress: bool) -> list[float]:
-    """One pass over ``loader``; returns the loss of every iteration."""
+                 progress: bool, frozen_eval: bool = False) -> list[float]:
+    """One pass over ``loader``; returns the loss of every iteration.
+
+    ``frozen_eval``: the whole model stays in eval mode (gate-only training: no dropout in the frozen
+    SALAD heads; the gate itself has no dropout or BatchNorm).
+    """
     from tqdm import tqdm
 
-    model.train()
+    model.train(not frozen_eval)
     losses: list[float] = []
     bar = tqdm(loader, desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
     for images, labels in bar:
@@ -500,6 +552,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dinov2", type=Path, default=None, help="local folder with pretrained HF DINOv2 weights")
     p.add_argument("--clip", type=Path, default=None, help="local folder with pretrained HF CLIP weights")
     p.add_argument("--init", type=Path, default=None, help="start from this .safetensors checkpoint")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from a released DINOv2-SALAD checkpoint (dino_salad.ckpt) with a gate on top")
+    p.add_argument("--gate-only", action="store_true",
+                   help="train the semantic gate alone (backbone, SALAD, CLIP frozen)")
+    p.add_argument("--gate-clip", default=d.gate_clip,
+                   help="with --init-from: preset whose CLIP tower shape and gate size are used")
+    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="with --init-from: input size (default 322 322, the SALAD authors' evaluation size)")
+    p.add_argument("--num-heads", type=int, default=None,
+                   help="with --init-from: ViT attention heads (default width / 64)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -514,7 +576,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr_decay_iters=args.lr_decay_iters, use_gate=not args.no_gate, augment=args.augment, seed=args.seed,
         threads=args.threads, workers=args.workers, device=args.device, amp=args.amp,
         val_radius_m=args.val_radius, val_batch_size=args.val_batch_size, dinov2=args.dinov2, clip=args.clip,
-        init=args.init, resume=args.resume, progress=not args.no_progress,
+        init=args.init, init_from=args.init_from, gate_only=args.gate_only, gate_clip=args.gate_clip,
+        image_size=tuple(args.image_size) if args.image_size else None, num_heads=args.num_heads,
+        resume=args.resume, progress=not args.no_progress,
     )
 
 

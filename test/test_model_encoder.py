@@ -172,7 +172,7 @@ def test_wrong_input_is_rejected_with_the_expected_format() -> None:
 
 def test_presets_and_design_card() -> None:
     assert {"tiny", "small", "large"} <= set(MODEL_PRESETS)
-    with pytest.raises(ValueError, match="valid: large, small, tiny"):
+    with pytest.raises(ValueError, match="valid: dinov2_salad, large, small, tiny"):
         get_model_config("huge")
     large = get_model_config("large")
     assert large.image_size == (336, 336) and large.grid_size == (24, 24)

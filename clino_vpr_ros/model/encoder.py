@@ -2,7 +2,7 @@
 
     images uint8 (B,H,W,3) RGB
       -> /255, ImageNet mean/std -> DINOv2 -> patch features (B,C,h,w) + CLS (B,C)
-      -> channel adapter (1x1 conv, BN, ReLU) -> (B,A,h,w)
+      -> channel adapter (1x1 conv, BN, ReLU) -> (B,A,h,w)   (none for imported SALAD weights)
       -> x gate mask (B,1,h,w) from CLIP image embedding (CLIP mean/std, own input size)
       -> SALAD (+ CLS global token) -> descriptor (B,D), L2-normalised
 
@@ -41,7 +41,7 @@ class GatedEncoder(nn.Module):
         config: ModelConfig,
         backbone: DinoV2Backbone,
         clip: ClipTower | None,
-        adapter: ChannelAdapter,
+        adapter: ChannelAdapter | nn.Identity,
         gate: SemanticGate | None,
         aggregator: Salad,
     ) -> None:
@@ -109,7 +109,11 @@ def build_encoder(
         FileNotFoundError / ValueError: missing, corrupt or mismatching weights.
     """
     backbone = DinoV2Backbone(cfg.backbone, cfg.image_size, weights=dinov2)
-    adapter = ChannelAdapter(backbone.out_channels, cfg.gate.adapter_dim)
+    if cfg.gate.adapter_dim is None:
+        adapter, features = nn.Identity(), backbone.out_channels
+    else:
+        adapter = ChannelAdapter(backbone.out_channels, cfg.gate.adapter_dim)
+        features = adapter.out_channels
     clip_tower = gate = None
     if cfg.gate.use_gate:
         clip_tower = ClipTower(cfg.clip, weights=clip)
@@ -118,7 +122,7 @@ def build_encoder(
         LOG.warning("use_gate is False: the CLIP weights %s are not used", clip)
     s = cfg.salad
     aggregator = Salad(
-        in_channels=adapter.out_channels,
+        in_channels=features,
         token_channels=backbone.out_channels,
         num_clusters=s.num_clusters,
         cluster_dim=s.cluster_dim,
@@ -127,6 +131,7 @@ def build_encoder(
         dropout=s.dropout,
         sinkhorn_iters=s.sinkhorn_iters,
         descriptor_dim=s.descriptor_dim,
+        layout=s.layout,
     )
     return GatedEncoder(cfg, backbone, clip_tower, adapter, gate, aggregator)
 

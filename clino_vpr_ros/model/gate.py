@@ -37,6 +37,20 @@ class SemanticGate(nn.Module):
             nn.Linear(hidden_dim, grid_size[0] * grid_size[1]),
         )
 
+    def open_(self, logit: float = 10.0) -> SemanticGate:
+        """Start fully open: mask = sigmoid(``logit``) everywhere whatever the embedding (1 - 4.5e-5 at 10).
+
+        The last layer's weights become zero, so a gate trained on top of a working model starts
+        from that model's descriptors (within ~1e-5; at 6, a 0.25 % uniform damping already moved one
+        validation query in 100). Adam's step does not shrink with the small sigmoid slope there
+        (the gradients stay far above its epsilon), so the gate still learns.
+        """
+        last = self.mlp[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(logit)
+        return self
+
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         """Args: embedding float (B, embed_dim). Returns: mask float32 (B,1,h,w) in [0,1]."""
         logits = self.mlp(embedding.float())

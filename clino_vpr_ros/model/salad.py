@@ -53,6 +53,8 @@ class Salad(nn.Module):
         dropout: dropout in the score and feature heads (0.3 in SALAD).
         sinkhorn_iters: 3 in SALAD.
         descriptor_dim: optional final linear projection size (None = m*l+g).
+        layout: order of the cluster part: "cluster_major" (index k*l+d) or "channel_major"
+            (index d*m+k, the SALAD authors' order, needed to reproduce their descriptors).
     """
 
     def __init__(
@@ -67,8 +69,12 @@ class Salad(nn.Module):
         dropout: float = 0.3,
         sinkhorn_iters: int = 3,
         descriptor_dim: int | None = None,
+        layout: str = "cluster_major",
     ) -> None:
         super().__init__()
+        if layout not in ("cluster_major", "channel_major"):
+            raise ValueError(f"SALAD layout {layout!r} unknown; valid: cluster_major, channel_major")
+        self.layout = layout
         self.num_clusters = num_clusters
         self.cluster_dim = cluster_dim
         self.token_dim = token_dim
@@ -95,7 +101,10 @@ class Salad(nn.Module):
         p = log_sinkhorn(p, self.dustbin, self.sinkhorn_iters).exp()[:, :-1]  # drop dustbin row
         # assignment-weighted sums of local features, no centroid subtraction: (B,m,n)@(B,n,l)
         agg = torch.matmul(p, f.transpose(1, 2))
-        parts = [F.normalize(agg, p=2, dim=-1).flatten(1)]  # intra-normalisation per cluster
+        agg = F.normalize(agg, p=2, dim=-1)  # intra-normalisation per cluster: (B, m, l)
+        if self.layout == "channel_major":
+            agg = agg.transpose(1, 2)  # (B, l, m): flattened index d*m+k
+        parts = [agg.flatten(1)]
         if self.token_features is not None:
             parts.insert(0, F.normalize(self.token_features(token), p=2, dim=-1))
         desc = F.normalize(torch.cat(parts, dim=-1), p=2, dim=-1)

@@ -1,0 +1,110 @@
+"""Where does a trained semantic gate look? Mean gate mask on clutter vs structure (issue 11).
+
+    python scripts/gate_clutter_report.py GATED.safetensors --towns 900 902 --views 60 --out DIR
+
+Renders held-out generated towns with per-pixel labels at the model's input size (so no resize
+blurs the labels), runs the gated encoder (torch), and assigns each patch of the gate's grid the
+label group covering most of its pixels: clutter (sky, vegetation, vehicle, pedestrian), structure
+(building, sign), ground (road, sidewalk). Writes gate_clutter.json (mean mask per group and per
+label) and gate_masks.png (images, labels, masks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clino_vpr_ros.checkpoint import load_encoder
+from clino_vpr_ros.evaluate import pyplot_agg, save_figure, write_json_atomic
+from clino_vpr_ros.synth import CONDITIONS, LABELS, Renderer
+from clino_vpr_ros.synth.session import make_base_T_camera, pose2d
+from clino_vpr_ros.synth.writers import town_with_capacity
+
+GROUPS = {"clutter": ("sky", "vegetation", "vehicle", "pedestrian"), "structure": ("building", "sign"),
+          "ground": ("road", "sidewalk")}
+VIEW_CONDITIONS = ("day", "dusk", "night", "overcast_fog", "autumn_rain", "winter")
+
+
+def render_views(town_seed: int, n: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (n,H,W,3) RGB and uint8 (n,H,W) label images of one town under varied conditions."""
+    town, places = town_with_capacity(town_seed, 30.0, n)
+    renderer = Renderer(town, size)
+    rgb, lab = [], []
+    for i, (x, y, yaw) in enumerate(places[:n]):
+        cond = CONDITIONS[VIEW_CONDITIONS[i % len(VIEW_CONDITIONS)]].with_clutter(7000 + i)
+        out = renderer.render(pose2d(x, y, yaw) @ make_base_T_camera(), cond, 300.0 + i)
+        rgb.append(out.rgb)
+        lab.append(out.labels)
+    return np.stack(rgb), np.stack(lab)
+
+
+def patch_groups(labels: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per patch: majority label id (n,h,w) and majority group index into GROUPS (-1: none)."""
+    n, hh, ww = labels.shape
+    ph, pw = hh // grid[0], ww // grid[1]
+    cells = labels[:, : grid[0] * ph, : grid[1] * pw].reshape(n, grid[0], ph, grid[1], pw).transpose(0, 1, 3, 2, 4)
+    cells = cells.reshape(n, grid[0], grid[1], ph * pw)
+    counts = np.stack([(cells == v).sum(-1) for v in range(max(LABELS.values()) + 1)], axis=-1)
+    major = counts.argmax(-1)
+    group = np.full(major.shape, -1)
+    for g, names in enumerate(GROUPS.values()):
+        group[np.isin(major, [LABELS[x] for x in names])] = g
+    return major, group
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--towns", type=int, nargs="+", default=[900, 902])
+    p.add_argument("--views", type=int, default=60, help="views per town")
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args()
+    model = load_encoder(a.checkpoint).eval()
+    size = tuple(model.config.image_size)
+    rgb, lab = zip(*(render_views(t, a.views, size) for t in a.towns))
+    rgb, lab = np.concatenate(rgb), np.concatenate(lab)
+    with torch.no_grad():
+        masks = np.concatenate([model(torch.from_numpy(rgb[i : i + 32]))[1][:, 0].numpy()
+                                for i in range(0, len(rgb), 32)])
+    major, group = patch_groups(lab, model.mask_size)
+    res = {"checkpoint": str(a.checkpoint), "towns": a.towns, "views": int(len(rgb)), "grid": list(model.mask_size),
+           "mean_mask": {g: float(masks[group == i].mean()) for i, g in enumerate(GROUPS) if (group == i).any()},
+           "patches": {g: int((group == i).sum()) for i, g in enumerate(GROUPS)},
+           "mean_mask_per_label": {k: float(masks[major == v].mean()) for k, v in LABELS.items() if (major == v).any()},
+           "mask_range": [float(masks.min()), float(masks.max())]}
+    a.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(res, a.out / "gate_clutter.json")
+    _plot(rgb, lab, masks, a.out / "gate_masks.png")
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def _plot(rgb: np.ndarray, lab: np.ndarray, masks: np.ndarray, out: Path, n: int = 6) -> None:
+    from clino_vpr_ros.synth.cli import _LABEL_COLOURS
+
+    plt = pyplot_agg()
+    idx = np.linspace(0, len(rgb) - 1, n).astype(int)
+    fig, axes = plt.subplots(3, n, figsize=(2.2 * n, 7), dpi=100)
+    for c, i in enumerate(idx):
+        h, w = rgb[i].shape[:2]
+        axes[0, c].imshow(rgb[i])
+        axes[1, c].imshow(_LABEL_COLOURS[lab[i]])
+        axes[2, c].imshow(rgb[i])
+        im = axes[2, c].imshow(masks[i], cmap="magma", vmin=0, vmax=1, alpha=0.7, extent=(0, w, h, 0),
+                               interpolation="nearest")
+        for r in range(3):
+            axes[r, c].set_axis_off()
+    axes[0, 0].set_title("input", fontsize=8, loc="left")
+    axes[1, 0].set_title("labels (sky blue, building brown, vegetation green, vehicle red, person yellow)",
+                         fontsize=7, loc="left")
+    axes[2, 0].set_title("gate mask (dark = suppressed)", fontsize=8, loc="left")
+    fig.colorbar(im, ax=axes[2, -1], fraction=0.046, pad=0.04)
+    save_figure(fig, out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
