@@ -35,6 +35,16 @@ TRAIN = [
     "pytorch-metric-learning>=2.5",
     "onnx>=1.16",
 ]
+# Fleet index (clino-vpr fleet, fleet_uri): the Milvus client, and the `milvus` wheel that runs a real
+# Milvus standalone server locally (tests, `clino-vpr fleet serve`, `clino-vpr bench fleet`).
+# pymilvus 2.3 imports pkg_resources (setuptools < 81; torch wants >= 77.0.3) and its `environs`
+# dependency breaks with marshmallow 4.
+FLEET = [
+    "pymilvus>=2.3,<2.4",
+    "milvus>=2.3,<2.4",
+    "setuptools>=77.0.3,<81",
+    "marshmallow<4",
+]
 ROS_WHEELS = [
     "ros-rclpy[fastrtps]",
     "ros-sensor-msgs",
@@ -60,7 +70,8 @@ setup(
     ],
     python_requires=">=3.10",
     install_requires=RUNTIME,
-    extras_require={"train": TRAIN, "ros": ROS_WHEELS, "test": ["pytest>=7", "wheel"]},  # wheel: the install test builds one
+    extras_require={"train": TRAIN, "ros": ROS_WHEELS, "fleet": FLEET,
+                    "test": ["pytest>=7", "wheel"]},  # wheel: the install test builds one
     zip_safe=True,
     maintainer="clino_vpr_ros maintainers",
     maintainer_email="maintainers@clino-vpr.invalid",

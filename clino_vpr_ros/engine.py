@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clino_vpr_ros.camera import CameraCalibration, undistort_features
 from clino_vpr_ros.candidates import Candidate, CandidateConfig, CandidateFilter
 from clino_vpr_ros.index import IndexConfig, KeyframeIndex
 from clino_vpr_ros.keyframes import KeyframeConfig, KeyframeSelector
@@ -30,6 +31,9 @@ from clino_vpr_ros.session_map import MapWriter, SessionMap, SessionMapBuilder, 
 from clino_vpr_ros.verify import LocalFeatures, Verification, VerifyConfig, extract_features, to_gray, verify_pair
 
 log = logging.getLogger(__name__)
+
+#: Candidate.source of a keyframe found in the fleet index (clino_vpr_ros.fleet)
+FLEET_SOURCE = -2
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,9 @@ class FrameInput:
     stamp: seconds; descriptor: float32 (D,) L2-normalised; image: uint8 (H,W) gray or (H,W,3) RGB
     at the original resolution (None: no geometric verification possible); K: float64 (3,3)
     intrinsics of that image or None; odom_T_base: float64 (4,4) or None; depth: float32 (H,W)
-    metres aligned with the image, or None.
+    metres aligned with the image, or None. camera: the full calibration (K, distortion, size)
+    instead of ``K`` (not both): keypoints are undistorted before they are stored and verified,
+    and an image of another size than the calibration's is refused (ValueError).
     """
 
     stamp: float
@@ -100,6 +106,7 @@ class FrameInput:
     K: np.ndarray | None = None
     odom_T_base: np.ndarray | None = None
     depth: np.ndarray | None = None
+    camera: CameraCalibration | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,8 @@ class LoopClosureEngine:
         self.session_id = session_id
         self.base_T_camera = base_T_camera
         self._priors: list[_Prior] = []
+        self._fleet = None  # clino_vpr_ros.fleet.FleetLink when a fleet_uri is configured
+        self._fleet_hits: dict[tuple[str, int], object] = {}
         # one MapWriter per path, kept across reset(): this run may replace only what it wrote itself
         self._writers: dict[str, MapWriter] = {}
         if cfg.autosave_path:  # claim it now: an existing map there refuses the start, not the first save
@@ -254,6 +263,16 @@ class LoopClosureEngine:
             index.add(smap.ids, smap.descriptors, smap.stamps)
         self._priors.append(_Prior(smap, index))
         log.info("prior map %s: %d keyframes of sessions %s", smap.path or "(memory)", len(smap), smap.session_ids)
+
+    def attach_fleet(self, link) -> None:
+        """Also write this session's keyframes to a fleet index and query it (a
+        :class:`clino_vpr_ros.fleet.FleetLink`; its writer thread is started here)."""
+        self._fleet = link
+        link.start()
+
+    @property
+    def fleet(self):
+        return self._fleet
 
     def snapshot(self) -> SessionMap:
         """The live session as a :class:`SessionMap` (copy)."""
@@ -331,6 +350,11 @@ class LoopClosureEngine:
                 raise ValueError(f"image must be uint8 (H,W) or (H,W,3) RGB, got {img.dtype} {img.shape}")
             if frame.depth is not None and frame.depth.shape != img.shape[:2]:
                 raise ValueError(f"depth shape {frame.depth.shape} must equal the image's {img.shape[:2]}")
+        if frame.camera is not None:
+            if frame.K is not None:
+                raise ValueError("give the intrinsics as K or as camera, not both")
+            if frame.image is not None:
+                frame.camera.check_image(*frame.image.shape[:2])
         for name, value, shape in (("K", frame.K, (3, 3)), ("odom_T_base", frame.odom_T_base, (4, 4))):
             if value is not None and (np.shape(value) != shape or not np.all(np.isfinite(value))):
                 raise ValueError(f"{name} must be a finite {shape} array, got shape {np.shape(value)}")
@@ -350,7 +374,9 @@ class LoopClosureEngine:
         features = None
         if frame.image is not None:
             features = extract_features(to_gray(frame.image), self.cfg.verify, frame.depth)
-        K = None if frame.K is None else np.asarray(frame.K, np.float64)
+            # stored and verified as pinhole pixels of K (clino_vpr_ros/camera.py): one meaning in every map
+            features = undistort_features(features, frame.camera)
+        K = frame.camera.K if frame.camera is not None else None if frame.K is None else np.asarray(frame.K, np.float64)
         return self._add_keyframe(self._next_id, frame.stamp, desc, odom, K, features)
 
     def replay_keyframe(self, smap: SessionMap, row: int) -> FrameResult:
@@ -369,6 +395,8 @@ class LoopClosureEngine:
         self._next_id = max(self._next_id, kf_id + 1)
         self._live.append(kf_id, stamp, desc, odom, K, features)
         self._index.add(kf_id, desc, stamp)
+        if self._fleet is not None:
+            self._fleet.enqueue(kf_id, stamp, desc, odom, len(self._live) - 1)
         closures = self._verify_ready(ready, kf_id, stamp, odom, K, features)
         return FrameResult(True, kf_id, closures)
 
@@ -393,13 +421,28 @@ class LoopClosureEngine:
                 if r >= 0:
                     found.append(Candidate(query_seq, stamp, prior.smap.session_of(r), int(r), int(i),
                                            float(prior.smap.stamps[r]), float(s), source=p_i))
+        if self._fleet is not None:
+            found += self._fleet_candidates(desc, stamp, query_seq, k)
         found.sort(key=lambda c: -c.score)
         found = found[:k]
         self._counts["candidates"] += len(found)
         return found
 
+    def _fleet_candidates(self, desc: np.ndarray, stamp: float, query_seq: int, k: int) -> list[Candidate]:
+        if len(self._fleet_hits) > 10_000:  # only hits of recent queries are ever verified
+            self._fleet_hits.clear()
+        found = []
+        for hit in self._fleet.search(desc, k, stamp):
+            self._fleet_hits[(hit.session, hit.kf_id)] = hit
+            found.append(Candidate(query_seq, stamp, hit.session, hit.map_row, hit.kf_id, hit.stamp, hit.score,
+                                   source=FLEET_SOURCE))
+        return found
+
     def _match_info(self, c: Candidate) -> tuple[str, LocalFeatures | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """(session id, features, K, pose, base_T_camera) of a candidate's match keyframe."""
+        if c.source == FLEET_SOURCE:  # read from the hit's session map, only now that it is verified
+            features, K, pose, bTc = self._fleet.features.get(self._fleet_hits[(c.match_session, c.match_id)])
+            return c.match_session, features, K, pose, bTc
         if c.source < 0:
             _, _, pose, K = self._live.row_info(c.match_seq)
             return self.session_id, self._live.features(c.match_seq), K, pose, self.base_T_camera

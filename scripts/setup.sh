@@ -9,12 +9,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-if ! python -c "import clino_vpr_ros, torch, rclpy, faiss, gtsam, onnxruntime" >/dev/null 2>&1; then
+if ! python -c "import clino_vpr_ros, torch, rclpy, faiss, gtsam, onnxruntime, pymilvus, milvus" >/dev/null 2>&1; then
   echo "setup: installing dependencies (first time: a few minutes)"
   python -m pip install --quiet --upgrade pip
   # torch first: this pin resolves to the machine's local CPU build (no CUDA wheels); on a GPU
   # workstation set TORCH_SPEC to the build you want (e.g. TORCH_SPEC=torch).
   python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
-  python -m pip install --quiet -e ".[train,ros,test]"
+  python -m pip install --quiet -e ".[train,ros,fleet,test]"
 fi
 echo "setup: ok ($(python -c 'import clino_vpr_ros; print("clino_vpr_ros", clino_vpr_ros.__version__)'))"

@@ -22,3 +22,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "runtime: the robot runtime (no torch, no ROS): also run by scripts/test_humble.sh on the oldest "
         "versions a supported distro ships (Python 3.10, Ubuntu 22.04's NumPy/SciPy/OpenCV)",
     )
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus standalone server (the `milvus` wheel) with its data under a pytest tmp dir;
+    tests may stop and restart it (same URI)."""
+    from clino_vpr_ros.fleet_server import EmbeddedMilvus
+
+    server = EmbeddedMilvus(tmp_path_factory.mktemp("milvus"))
+    server.start()
+    yield server
+    server.stop()

@@ -202,3 +202,23 @@ def test_gpu_request_without_gpu_falls_back_and_the_gpu_search_path_filters_like
         s_gpu, r_gpu = index._search_overfetch(q, 4, n_rows)  # the GPU code path, run on this CPU index
         np.testing.assert_array_equal(r_sel, r_gpu)
         assert np.all(r_gpu < n_rows)
+
+
+def test_hnsw_index_reranks_its_graph_shortlist_exactly_and_keeps_the_exclusion_window() -> None:
+    """Past hnsw_min_size the hnsw kind searches a PCA-HNSW shortlist and re-ranks it exactly: same
+    top-1 as exact search on model-shaped descriptors, recent keyframes still excluded."""
+    from clino_vpr_ros.bench.descriptors import Town, session
+
+    town = Town(3000, 64, seed=2)
+    x = np.concatenate([session(town, s, 500, s % 3, s) for s in range(0, 2500, 500)])
+    cfg = IndexConfig(kind="hnsw", hnsw_min_size=1000, hnsw_pca_dim=48, exclude_recent_s=10.0, exclude_recent_keyframes=5)
+    index = KeyframeIndex(64, cfg)
+    for a in range(0, len(x), 250):
+        index.add(np.arange(a, a + 250), x[a : a + 250], np.arange(a, a + 250, dtype=np.float64))
+    assert index._graph is not None and index.ef_search() >= cfg.hnsw_ef_search
+    queries = np.concatenate([session(town, int(p), 1, 1, 900 + i) for i, p in enumerate(range(100, 2900, 70))])
+    exact = np.argmax(queries @ x[: len(x) - 9].T, axis=1)  # stamps <= 2490 are searchable
+    found = [index.search(q, 3, query_stamp=float(len(x)), exclude_recent=True)[1][0, 0] for q in queries]
+    assert np.mean(np.array(found) == exact) >= 0.95
+    scores, ids, _ = index.search(x[-1], 5, query_stamp=float(len(x) - 1), exclude_recent=True)
+    assert np.all(ids[0] <= len(x) - 1 - 10) and np.allclose(scores[0], x[ids[0]] @ x[-1], atol=1e-5)

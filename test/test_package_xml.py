@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON_KEYS = {"numpy": "python3-numpy", "scipy": "python3-scipy", "cv2": "python3-opencv", "yaml": "python3-yaml",
                "matplotlib": "python3-matplotlib", "tqdm": "python3-tqdm", "PIL": "python3-pil"}
 #: modules without a usable rosdep key: pip, by the README's robot command (module -> pip name)
-PIP_ONLY = {"onnxruntime": "onnxruntime", "faiss": "faiss", "rosbags": "rosbags", "gtsam": "gtsam"}
+PIP_ONLY = {"onnxruntime": "onnxruntime", "faiss": "faiss", "rosbags": "rosbags", "gtsam": "gtsam",
+            "pymilvus": "pymilvus"}  # pymilvus: only with a fleet_uri, imported lazily
 #: the training/export side (torch, `pip install .[train]`): reached only lazily, from `clino-vpr eval recall`
 #: and `export`, never by the node
 TRAINING_SIDE = ("clino_vpr_ros.checkpoint", "clino_vpr_ros.model", "clino_vpr_ros.train", "clino_vpr_ros.export",
