@@ -82,6 +82,7 @@ class BagRunResult:
     map: Path | None
     session_id: str
     keyframe_stamps: np.ndarray  # float64 (K,): the frames that queried the index
+    live_map: Any = None  # SessionMap of this run's keyframes (poses for the trajectory evaluation)
 
 
 def _sec(stamp: Any) -> float:
@@ -290,9 +291,10 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_closures_csv(closures, out / "closures.csv")
     bag_path = write_closures_bag(closures, out / "closures", typestore, cfg.lio_sam)
-    map_path = writer.save(pipeline.engine.snapshot()) if writer else None
-    keyframe_stamps = np.asarray(pipeline.engine.snapshot().stamps, np.float64)  # the live session only
-    return BagRunResult(closures, frames, skipped, csv_path, bag_path, map_path, session_id, keyframe_stamps)
+    live = pipeline.engine.snapshot()
+    map_path = writer.save(live) if writer else None
+    keyframe_stamps = np.asarray(live.stamps, np.float64)  # the live session only
+    return BagRunResult(closures, frames, skipped, csv_path, bag_path, map_path, session_id, keyframe_stamps, live)
 
 
 def _closure_row(c: LoopClosure) -> list:
@@ -412,9 +414,12 @@ def main(argv: list[str] | None = None) -> int:
         # recall over this run's keyframes: only they query (an earlier session's folder adds its
         # places as revisit targets, not as queries)
         pr = evaluate_closures(read_closures_csv(res.csv), gt, queried={res.session_id: res.keyframe_stamps})
+        from clino_vpr_ros.trajectory import report_bag_ate
+
+        ate = report_bag_ate(res.live_map, res.closures, cfg.prior_maps, gt, cfg.out / "trajectories.png")
         print(f"precision={pr.precision:.3f} recall={pr.recall:.3f} "
               f"max_recall_at_100_precision={pr.max_recall_at_100_precision:.3f} "
-              f"({pr.n_correct}/{pr.n_closures} correct, {pr.n_gt_queries} ground-truth loop queries)")
+              f"({pr.n_correct}/{pr.n_closures} correct, {pr.n_gt_queries} ground-truth loop queries) {ate}")
     return 0
 
 

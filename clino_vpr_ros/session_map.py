@@ -257,6 +257,10 @@ class SessionMapBuilder:
     def descriptor(self, row: int) -> np.ndarray:
         return self._desc[row]
 
+    def descriptors_upto(self, n: int) -> np.ndarray:
+        """float32 (n,D) view of the first ``n`` rows' descriptors (no copy; valid until the next append)."""
+        return self._desc[:n]
+
     def features(self, row: int) -> LocalFeatures | None:
         return self._features[row]
 
