@@ -34,6 +34,7 @@ from clino_vpr_ros.assets import default_model_path
 from clino_vpr_ros.atomic import atomic_write
 from clino_vpr_ros.camera import CameraCalibration, calibration_from_fields
 from clino_vpr_ros.engine import ENGINE_PRESETS, LoopClosure, get_engine_config
+from clino_vpr_ros.geometry import quaternion_to_matrix
 from clino_vpr_ros.image_msg import decode_compressed, decode_image
 from clino_vpr_ros.lio_sam import LioSamConfig, schedule
 from clino_vpr_ros.sync import StampedSeries
@@ -82,6 +83,7 @@ class BagRunResult:
     map: Path | None
     session_id: str
     keyframe_stamps: np.ndarray  # float64 (K,): the frames that queried the index
+    live_map: Any = None  # SessionMap of this run's keyframes (poses for the trajectory evaluation)
 
 
 def _sec(stamp: Any) -> float:
@@ -89,11 +91,12 @@ def _sec(stamp: Any) -> float:
 
 
 def _pose(p: Any) -> np.ndarray:
-    """geometry_msgs Pose/Transform fields -> float64 (4, 4)."""
+    """geometry_msgs Pose/Transform fields -> float64 (4, 4); ValueError for a quaternion tf2 would
+    refuse (not unit) or non-finite values, as the node does (clino_vpr_ros.geometry)."""
     t = getattr(p, "position", None) or getattr(p, "translation")
     q = getattr(p, "orientation", None) or getattr(p, "rotation")
     T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
+    T[:3, :3] = quaternion_to_matrix([q.x, q.y, q.z, q.w])
     T[:3, 3] = [t.x, t.y, t.z]
     if not np.all(np.isfinite(T)):
         raise ValueError(f"pose has non-finite values: {T[:3, 3].tolist()}, quaternion {[q.x, q.y, q.z, q.w]}")
@@ -290,9 +293,10 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_closures_csv(closures, out / "closures.csv")
     bag_path = write_closures_bag(closures, out / "closures", typestore, cfg.lio_sam)
-    map_path = writer.save(pipeline.engine.snapshot()) if writer else None
-    keyframe_stamps = np.asarray(pipeline.engine.snapshot().stamps, np.float64)  # the live session only
-    return BagRunResult(closures, frames, skipped, csv_path, bag_path, map_path, session_id, keyframe_stamps)
+    live = pipeline.engine.snapshot()
+    map_path = writer.save(live) if writer else None
+    keyframe_stamps = np.asarray(live.stamps, np.float64)  # the live session only
+    return BagRunResult(closures, frames, skipped, csv_path, bag_path, map_path, session_id, keyframe_stamps, live)
 
 
 def _closure_row(c: LoopClosure) -> list:
@@ -412,9 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         # recall over this run's keyframes: only they query (an earlier session's folder adds its
         # places as revisit targets, not as queries)
         pr = evaluate_closures(read_closures_csv(res.csv), gt, queried={res.session_id: res.keyframe_stamps})
+        from clino_vpr_ros.trajectory import report_bag_ate
+
+        ate = report_bag_ate(res.live_map, res.closures, cfg.prior_maps, gt, cfg.out / "trajectories.png")
         print(f"precision={pr.precision:.3f} recall={pr.recall:.3f} "
               f"max_recall_at_100_precision={pr.max_recall_at_100_precision:.3f} "
-              f"({pr.n_correct}/{pr.n_closures} correct, {pr.n_gt_queries} ground-truth loop queries)")
+              f"({pr.n_correct}/{pr.n_closures} correct, {pr.n_gt_queries} ground-truth loop queries) {ate}")
     return 0
 
 

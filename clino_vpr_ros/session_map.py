@@ -406,6 +406,10 @@ class SessionMapBuilder:
         """float32 (D,) global descriptor of one row (read from the spool)."""
         return self._desc.read(row, row + 1)[0]
 
+    def descriptors_upto(self, n: int) -> np.ndarray:
+        """float32 (n,D) view of the first ``n`` rows' descriptors (no copy; valid until the next append)."""
+        return self._desc[:n]
+
     def features(self, row: int) -> LocalFeatures | None:
         """Local features of one row (read from the spool), or None when it had no image."""
         h, w = self._rows[row][4]
