@@ -407,8 +407,9 @@ class SessionMapBuilder:
         return self._desc.read(row, row + 1)[0]
 
     def descriptors_upto(self, n: int) -> np.ndarray:
-        """float32 (n,D) view of the first ``n`` rows' descriptors (no copy; valid until the next append)."""
-        return self._desc[:n]
+        """float32 (n,D) read-only memmap of the first ``n`` rows' descriptors (no copy, no resident
+        growth: file pages the kernel can reclaim; later appends do not change it)."""
+        return self._desc.view(n)
 
     def features(self, row: int) -> LocalFeatures | None:
         """Local features of one row (read from the spool), or None when it had no image."""
