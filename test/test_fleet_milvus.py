@@ -172,7 +172,7 @@ def test_outage_keeps_the_robot_working_and_every_keyframe_arrives_after_the_ser
 def test_recall_while_robots_stream_matches_exact_filtered_search(milvus_server) -> None:
     """10 robots stream 16k model-shaped keyframes into the real server while querying it with the
     session/time filter; every answer must be as good as exact filtered search over what was written
-    (Strong). Milvus 2.3's default interim IVF index on growing segments answered ~0.87 here."""
+    (Strong). With Milvus 2.3's default interim IVF index on growing segments: 0.925."""
     from clino_vpr_ros.bench.descriptors import Town, session
     from clino_vpr_ros.bench.fleet import _exact_filtered_top1, hit_is_correct
 
@@ -194,7 +194,7 @@ def test_recall_while_robots_stream_matches_exact_filtered_search(milvus_server)
                 recs.append(KeyframeRecord(f"r{r}", f"s{r}", i, float(i), drives[r][i], None, "fp", f"/m/s{r}.npz", i))
                 n += 1
         milvus.insert(recs)
-        for r in rng.choice(robots, 4, replace=False):  # robots ask with their newest keyframe
+        for r in rng.choice(robots, 2, replace=False):  # robots ask with their newest keyframe
             q, after = drives[r][(rnd + 1) * step - 1], (rnd + 1) * step - 1 - 30.0
             _, truth = _exact_filtered_top1(store, sess, stamps, n, q, int(r), after)
             hit = milvus.search(q, 1, exclude_session=f"s{r}", exclude_after=after)[0]
