@@ -2,13 +2,20 @@
 
 Each subcommand lives in its own module exposing ``main(argv: list[str] | None) -> int``;
 modules are imported lazily so that ``clino-vpr bench index`` on a robot never imports torch.
+
+Errors: a subcommand raises (``FileNotFoundError``/``ValueError`` with a message that says what to
+do, or an error of a file reader such as rosbags or onnxruntime); this module turns it into one
+line on stderr (exit 2 for bad input, 1 for anything else). ``--debug`` anywhere on the command
+line shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import pickle
 import sys
+import zipfile
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,15 +32,59 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: exceptions that mean "your input is wrong" (a missing/corrupt/unreadable file, a bad value, a topic
+#: that is not there), as raised by our code and by the readers of user files
+USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError)
+#: file-reader libraries whose own exception classes (not derived from the above) are about the file
+USER_ERROR_MODULES = ("rosbags", "onnxruntime", "onnx", "yaml", "google.protobuf", "safetensors")
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` reports bad input (exit 2) rather than a defect (exit 1)."""
+    module = type(exc).__module__ or ""
+    return isinstance(exc, USER_ERRORS) or module.split(".")[0] in USER_ERROR_MODULES or module.startswith(USER_ERROR_MODULES)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    # our own errors say what to do; a library's error is named so the user can look it up
+    return text if type(exc) in (ValueError, FileNotFoundError) else f"{type(exc).__name__}: {text}"
+
+
+def run_command(name: str, rest: list[str], debug: bool = False) -> int:
+    """Run one subcommand; an exception becomes one line on stderr unless ``debug``."""
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except SystemExit as exc:  # argparse: usage errors already printed as one line; --help
+        if isinstance(exc.code, str):
+            print(f"clino-vpr {name}: error: {exc.code}", file=sys.stderr)
+            return 2
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        print(f"clino-vpr {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the boundary between the user and the package
+        if debug:
+            raise
+        user = is_user_error(exc)
+        hint = "" if user else " (a defect: please report it with the output of --debug)"
+        print(f"clino-vpr {name}: error: {_one_line(exc)}{hint}", file=sys.stderr)
+        return 2 if user else 1
+
+
 def _usage() -> str:
     lines = ["usage: clino-vpr <command> [options]", "", "commands:"]
     lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "`clino-vpr <command> --help` for the options of one command."]
+    lines += ["", "`clino-vpr <command> --help` for the options of one command;",
+              "`--debug` anywhere: show the Python traceback of an error instead of one line."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -47,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clino-vpr: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    return run_command(name, rest, debug)
 
 
 if __name__ == "__main__":

@@ -414,12 +414,15 @@ def read_closures_csv(path: Path | str) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"closures file not found: {path}")
     cols = ("query_stamp", "match_stamp", "query_session", "match_session", "score", "verified", "inliers")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in cols if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path} lacks columns {missing}; expected {list(cols)}")
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in cols if c not in (reader.fieldnames or [])]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a closures CSV (a text table written by `clino-vpr bag`): {exc}") from exc
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; expected {list(cols)}")
     return {
         "query_stamp": np.array([float(r["query_stamp"]) for r in rows], np.float64),
         "match_stamp": np.array([float(r["match_stamp"]) for r in rows], np.float64),

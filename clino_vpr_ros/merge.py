@@ -53,7 +53,12 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class MergeConfig:
-    """Pose-graph weights, robust kernel and inlier test (see the module docstring)."""
+    """Pose-graph weights, robust kernel and inlier test (see the module docstring).
+
+    allow_unconnected: a session that shares no usable closure with the reference is an error
+    (ValueError naming why) unless this is True, in which case it is left out of the merge and
+    listed in ``MergeResult.unconnected_sessions``.
+    """
 
     reference_session: str | None = None
     robust: str = "gnc"
@@ -67,6 +72,7 @@ class MergeConfig:
     require_metric: bool = True
     inlier_chi2: float = 16.81
     max_iterations: int = 100
+    allow_unconnected: bool = False
 
     def __post_init__(self) -> None:
         if self.robust not in ROBUST_KERNELS:
@@ -192,6 +198,23 @@ def _usable(c: LoopClosure, kf: _Keyframes, cfg: MergeConfig) -> bool:
     return not missing
 
 
+def _why_unconnected(session: str, closures: Sequence[LoopClosure], reference: str, cfg: MergeConfig) -> str:
+    """One clause saying why ``session`` could not be tied to the merged sessions."""
+    touching = [c for c in closures if session in (c.query_session, c.match_session) and c.inter_session]
+    verified = [c for c in touching if c.verified]
+    metric = [c for c in verified if c.metric]
+    if not touching:
+        why = "no closure joins it to another session"
+    elif not verified:
+        why = f"none of its {len(touching)} inter-session closures is verified"
+    elif cfg.require_metric and not metric:
+        why = (f"its {len(verified)} verified inter-session closures carry no metric translation "
+               "(no depth, and no triangulation from odometry succeeded)")
+    else:
+        why = f"its {len(metric)} usable closures do not reach {reference!r} (keyframes missing from the maps?)"
+    return f"session {session!r}: {why}"
+
+
 def _build_graph(kf: _Keyframes, sessions: list[str], init: dict[str, np.ndarray], reference: str, cfg: MergeConfig
                  ) -> tuple[gtsam.NonlinearFactorGraph, gtsam.Values, list[int]]:
     graph, values = gtsam.NonlinearFactorGraph(), gtsam.Values()
@@ -261,6 +284,9 @@ def merge_sessions(maps: Sequence[SessionMap], closures: Sequence[LoopClosure], 
     init = _initial_alignment(kf, [closures[i] for i in used], reference)
     sessions = [s for s in kf.by_session if s in init]
     unconnected = [s for s in kf.by_session if s not in init]
+    if unconnected and not cfg.allow_unconnected:
+        raise ValueError("cannot merge: " + "; ".join(_why_unconnected(s, closures, reference, cfg) for s in unconnected)
+                         + " (allow_unconnected / --allow-unconnected merges the rest and leaves these out)")
     if unconnected:
         log.warning("sessions %s share no usable closure with %r and are left out of the merge", unconnected, reference)
     used = [i for i in used if closures[i].query_session in init and closures[i].match_session in init]
@@ -434,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", type=Path, help="plot of the merged trajectories (default: <out>.png)")
     parser.add_argument("--reference", help="reference session id (default: the first map's)")
     parser.add_argument("--robust", choices=ROBUST_KERNELS, default="gnc")
+    parser.add_argument("--allow-unconnected", action="store_true",
+                        help="merge the sessions that connect and leave out those that share no usable closure "
+                        "(default: refuse, saying why)")
     args = parser.parse_args(argv)
     writer = MapWriter(args.out, overwrite=args.overwrite, read_only=args.maps, hint="pass --overwrite to replace it")
     maps = [SessionMap.load(p) for p in args.maps]
@@ -445,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({sum(c.inter_session for c in closures)} between sessions)")
         if args.save_closures is not None:
             save_closures(args.save_closures, closures)
-    result = merge_sessions(maps, closures, MergeConfig(reference_session=args.reference, robust=args.robust))
+    result = merge_sessions(maps, closures, MergeConfig(reference_session=args.reference, robust=args.robust,
+                                                                allow_unconnected=args.allow_unconnected))
     out = writer.save(merged_map(maps, result))
     report = args.report or out.with_suffix(".report.json")
     doc = report_dict(result, closures)
@@ -455,4 +485,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{doc['inliers']}/{doc['closures_used']} closures kept; map {out}, report {report}, plot {png}")
     for s, T in result.session_T.items():
         print(f"  {s}: t = {np.round(T[:3, 3], 3).tolist()} m, yaw = {math.degrees(math.atan2(T[1, 0], T[0, 0])):.2f} deg")
+    if result.unconnected_sessions:
+        print(f"left out (--allow-unconnected): {', '.join(result.unconnected_sessions)}")
     return 0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clino_vpr_ros.camera import CameraCalibration
 from clino_vpr_ros.engine import EngineConfig, FrameInput, FrameResult, LoopClosureEngine
 from clino_vpr_ros.preprocess import to_rgb8
 from clino_vpr_ros.verify import to_gray
@@ -54,11 +55,18 @@ class LoopClosurePipeline:
 
     @classmethod
     def from_files(cls, model_path: str | Path, engine_cfg: EngineConfig, session_id: str, prior_maps: Sequence[str | Path] = (),
-                   base_T_camera: np.ndarray | None = None, providers: Sequence[str] | None = None) -> LoopClosurePipeline:
-        """Load the ONNX encoder and the prior maps (refused when built by another model)."""
-        from clino_vpr_ros.runtime import RuntimeEncoder
+                   base_T_camera: np.ndarray | None = None, providers: Sequence[str] | None = None,
+                   parity_warn_only: bool = False) -> LoopClosurePipeline:
+        """Load the ONNX encoder and the prior maps (refused when built by another model).
+
+        On a GPU provider the encoder is first compared with onnxruntime CPU
+        (:func:`~clino_vpr_ros.runtime.check_provider_parity`): a mismatch refuses to start
+        (ValueError) unless ``parity_warn_only``.
+        """
+        from clino_vpr_ros.runtime import RuntimeEncoder, check_provider_parity
 
         encoder = RuntimeEncoder(model_path, providers=providers)
+        check_provider_parity(encoder, warn_only=parity_warn_only)
         engine = LoopClosureEngine(engine_cfg, int(encoder.metadata.descriptor_dim), encoder.metadata.fingerprint,
                                    session_id, base_T_camera)
         for path in prior_maps:
@@ -66,15 +74,19 @@ class LoopClosurePipeline:
         return cls(encoder, engine)
 
     def process(self, stamp: float, image: np.ndarray, encoding: str = "rgb8", K: np.ndarray | None = None,
-                odom_T_base: np.ndarray | None = None, depth: np.ndarray | None = None) -> PipelineResult:
+                odom_T_base: np.ndarray | None = None, depth: np.ndarray | None = None,
+                camera: CameraCalibration | None = None) -> PipelineResult:
         """One camera frame.
 
         Args:
             stamp: seconds. image: in ``encoding``, any of ``preprocess.SUPPORTED_ENCODINGS``
             (uint8 (H,W,3|4) colour, (H,W) or (H,W,1) mono8/Bayer, uint16 mono16). K: float64 (3,3) of this image. odom_T_base: float64 (4,4).
-            depth: float32 (H,W) metres aligned with the image.
+            depth: float32 (H,W) metres aligned with the image. camera: the full calibration (K, distortion,
+            size) instead of K; an image of another size is refused (ValueError) before it is encoded.
         """
         t0 = time.perf_counter()
+        if camera is not None:
+            camera.check_image(*np.shape(image)[:2])
         if self.skip_early_frames and not self.engine.wants_frame(stamp):
             return PipelineResult(FrameResult(False, -1, []), None, None, 0.0, (time.perf_counter() - t0) * 1e3)
         # one conversion serves both: the encoder and the local features see the same 8-bit RGB
@@ -83,5 +95,5 @@ class LoopClosurePipeline:
         descriptor, mask = self.encoder.encode_one(rgb, encoding="rgb8")
         t1 = time.perf_counter()
         gray = to_gray(rgb, "rgb8")
-        result = self.engine.process(FrameInput(stamp, descriptor, gray, K, odom_T_base, depth))
+        result = self.engine.process(FrameInput(stamp, descriptor, gray, K, odom_T_base, depth, camera))
         return PipelineResult(result, descriptor, mask, (t1 - t0) * 1e3, (time.perf_counter() - t0) * 1e3)

@@ -7,7 +7,8 @@ Usage::
 
 Images go through :func:`clino_vpr_ros.preprocess.to_model_input` (the shared resize policy); the
 ONNX graph casts and normalises. TensorRT engines are cached (engine + timing cache) in
-``<model>.trt_cache/`` next to the model by default, so a restart does not rebuild the engine.
+``<model>.trt_cache/<weights fingerprint>-<precision>-<size>-.../`` next to the model by default, so a
+restart does not rebuild the engine and a retrained model never runs on a stale one.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ class RuntimeEncoder:
     Args:
         model_path: .onnx file written by ``clino-vpr export``.
         providers: short names in preference order (see :func:`select_providers`); None = best available.
-        trt_cache_dir: TensorRT engine + timing cache folder; default ``<model>.trt_cache`` next to it.
+        trt_cache_dir: root of the TensorRT engine + timing caches; default ``<model>.trt_cache`` next to
+            it; each model build gets its own subfolder (:func:`trt_engine_cache_dir`).
         batch_size: images per inference call; also the TensorRT optimisation-profile max batch.
         expected_dim: if given, the model's descriptor dimension must equal it (e.g. the index's).
     Raises:
@@ -203,6 +205,7 @@ class RuntimeEncoder:
                 f"{str(self.model_path)!r} produces {self.metadata.descriptor_dim}-d descriptors, expected {expected_dim}-d "
                 "(the index / session map was built with another model)"
             )
+        self.providers = tensorrt_usable(self.providers, self.metadata.fp16)
         self._session = self._open_session()
         self._check_io()
         LOG.info(
@@ -284,21 +287,7 @@ class RuntimeEncoder:
     def _provider_options(self, provider: str) -> dict[str, str]:
         if provider != PROVIDERS["tensorrt"]:
             return {}
-        h, w = self.metadata.input_size
-        self.trt_cache_dir.mkdir(parents=True, exist_ok=True)
-        shape = lambda b: f"{INPUT_NAME}:{b}x{h}x{w}x3"  # noqa: E731
-        return {
-            "trt_engine_cache_enable": "True",
-            "trt_engine_cache_path": str(self.trt_cache_dir),
-            "trt_timing_cache_enable": "True",
-            "trt_timing_cache_path": str(self.trt_cache_dir),
-            # fp16 kernels only for an fp16-exported graph; LayerNorm stays fp32 either way
-            "trt_fp16_enable": str(self.metadata.fp16),
-            "trt_layer_norm_fp32_fallback": "True",
-            "trt_profile_min_shapes": shape(1),
-            "trt_profile_opt_shapes": shape(self.batch_size),
-            "trt_profile_max_shapes": shape(self.batch_size),
-        }
+        return tensorrt_options(self.metadata, self.trt_cache_dir, self.batch_size)
 
     def _check_io(self) -> None:
         inputs = self._session.get_inputs()
@@ -345,3 +334,100 @@ def _read_props(model_path: Path) -> dict[str, str]:
     except _ORT_ERRORS as exc:
         raise ValueError(f"{str(model_path)!r} is not a loadable ONNX model (corrupt?): {exc}") from exc
     return dict(session.get_modelmeta().custom_metadata_map)
+
+
+# ---------------------------------------------------------------------------- TensorRT engines
+#: bumped when the TensorRT options below change, so engines built with older options are not reused
+TRT_OPTIONS_VERSION = 2
+#: op types that run outside TensorRT when its fp16 mode is on, so onnxruntime's CUDA provider runs
+#: them with the graph's fp32 types: the L2 normalisations (ReduceL2, Clip), Sinkhorn's log-domain
+#: updates (ReduceLogSumExp, Exp, Sub) and the gate MLP (Gemm). None of them occurs in the DINOv2 or
+#: CLIP towers (test/test_runtime_encoder.py checks the exported graph), so the towers stay whole
+#: TensorRT fp16 engines. trt_fp16_enable builds a weakly typed network: TensorRT may pick fp16
+#: kernels for any layer it holds, whatever the graph's types; what it does not hold it cannot demote.
+TRT_FP32_OP_TYPES = ("ReduceL2", "Clip", "ReduceLogSumExp", "Exp", "Sub", "Gemm")
+#: first onnxruntime with the ``trt_op_types_to_exclude`` TensorRT option
+ORT_TRT_EXCLUDE_VERSION = (1, 21)
+
+
+def _ort_version() -> tuple[int, int]:
+    major, minor = ort.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def tensorrt_usable(providers: list[str], fp16_model: bool) -> list[str]:
+    """``providers`` without TensorRT where its fp16 engine could not keep the head in fp32.
+
+    An fp16 export needs TensorRT's fp16 mode, and that mode may demote any layer to fp16 unless
+    the head's op types are excluded (:data:`TRT_FP32_OP_TYPES`), which onnxruntime < 1.21 cannot do:
+    there the CUDA provider, which follows the graph's types exactly, runs the model instead.
+    """
+    if PROVIDERS["tensorrt"] not in providers or not fp16_model or _ort_version() >= ORT_TRT_EXCLUDE_VERSION:
+        return providers
+    LOG.warning("onnxruntime %s cannot keep the normalisations and Sinkhorn of an fp16 model in fp32 on TensorRT "
+                "(needs >= %d.%d): using %s instead", ort.__version__, *ORT_TRT_EXCLUDE_VERSION,
+                [p for p in providers if p != PROVIDERS["tensorrt"]][0])
+    return [p for p in providers if p != PROVIDERS["tensorrt"]]
+
+
+def trt_engine_cache_dir(cache_root: Path, metadata: ModelMetadata, batch_size: int) -> Path:
+    """The engine + timing cache folder of one model build: ``<root>/<fingerprint>-<precision>-<HxW>-b<N>-o<V>``.
+
+    A retrained model exported to the same path has another weights fingerprint, hence another
+    folder: its engine is built afresh instead of the stale one being run (onnxruntime keys its
+    engine files by the graph's structure, which retraining does not change).
+    """
+    fingerprint = "".join(c if c.isalnum() else "_" for c in metadata.fingerprint)[:40] or "unknown"
+    h, w = metadata.input_size
+    precision = "fp16" if metadata.fp16 else "fp32"
+    return Path(cache_root) / f"{fingerprint}-{precision}-{h}x{w}-b{batch_size}-o{TRT_OPTIONS_VERSION}"
+
+
+def tensorrt_options(metadata: ModelMetadata, cache_root: Path, batch_size: int) -> dict[str, str]:
+    """onnxruntime TensorRT provider options for a model (see docs/encoder.md, "TensorRT")."""
+    h, w = metadata.input_size
+    cache = trt_engine_cache_dir(cache_root, metadata, batch_size)
+    cache.mkdir(parents=True, exist_ok=True)
+    shape = lambda b: f"{INPUT_NAME}:{b}x{h}x{w}x3"  # noqa: E731
+    options = {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache),
+        # fp16 kernels only for an fp16-exported graph: an fp32 export builds an fp32 engine
+        "trt_fp16_enable": str(metadata.fp16),
+        "trt_profile_min_shapes": shape(1),
+        "trt_profile_opt_shapes": shape(batch_size),
+        "trt_profile_max_shapes": shape(batch_size),
+    }
+    if metadata.fp16:
+        options["trt_layer_norm_fp32_fallback"] = "True"  # the towers' LayerNorms stay fp32 inside TensorRT
+        options["trt_op_types_to_exclude"] = ",".join(TRT_FP32_OP_TYPES)
+    return options
+
+
+def check_provider_parity(encoder: RuntimeEncoder, warn_only: bool = False) -> float | None:
+    """Start-up check: when the active provider is not the CPU, compare it with onnxruntime CPU
+    (:meth:`RuntimeEncoder.check_parity_against_cpu`). Returns the minimum cosine (None on the CPU).
+
+    Raises ValueError on a mismatch, saying what to do, unless ``warn_only`` (then a loud warning).
+    """
+    active = encoder.active_providers
+    if not active or active[0] == PROVIDERS["cpu"]:
+        return None
+    try:
+        return encoder.check_parity_against_cpu()
+    except ValueError as exc:
+        if not warn_only:
+            raise ValueError(f"refusing to start: {exc} (parity_warn_only / --parity-warn-only runs it anyway)") from exc
+        LOG.warning("RUNNING WITH A MISMATCHED ENGINE (parity_warn_only): %s", exc)
+        return None
+
+
+def read_metadata(model_path: str | Path) -> ModelMetadata:
+    """A model's metadata without building any engine: FileNotFoundError / ValueError (corrupt, foreign
+    model) say what is wrong, e.g. before a long run starts."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model {str(path)!r} does not exist (export one with `clino-vpr export`)")
+    return ModelMetadata.from_props(_read_props(path), source=str(path))

@@ -155,6 +155,12 @@ class SessionMap:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"session map {path} does not exist")
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        # np.load would try a non-zip file as a pickle and blame allow_pickle: say what the file is not
+        if magic != b"PK\x03\x04":
+            raise ValueError(f"{path} is not a clino-vpr session map: not a .npz (zip) file "
+                             f"(starts with {magic!r}); the file was left untouched")
         try:
             with np.load(path, allow_pickle=False) as z:
                 raw = {name: z[name] for name in (*_ARRAYS, "header")}
@@ -250,6 +256,10 @@ class SessionMapBuilder:
 
     def descriptor(self, row: int) -> np.ndarray:
         return self._desc[row]
+
+    def descriptors_upto(self, n: int) -> np.ndarray:
+        """float32 (n,D) view of the first ``n`` rows' descriptors (no copy; valid until the next append)."""
+        return self._desc[:n]
 
     def features(self, row: int) -> LocalFeatures | None:
         return self._features[row]

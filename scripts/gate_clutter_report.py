@@ -1,18 +1,26 @@
 """Where does a trained semantic gate look? Mean gate mask on clutter vs structure (issue 11).
 
-    python scripts/gate_clutter_report.py GATED.safetensors --towns 900 902 --views 60 --out DIR
+    python scripts/gate_clutter_report.py GATED.safetensors|GATED.onnx --towns 900 902 --views 60 --out DIR
 
 Renders held-out generated towns with per-pixel labels at the model's input size (so no resize
-blurs the labels), runs the gated encoder (torch), and assigns each patch of the gate's grid the
+blurs the labels), runs the gated encoder (torch checkpoint, or an exported .onnx through
+onnxruntime), and assigns each patch of the gate's grid the
 label group covering most of its pixels: clutter (sky, vegetation, vehicle, pedestrian), structure
 (building, sign), ground (road, sidewalk). Writes gate_clutter.json (mean mask per group and per
 label) and gate_masks.png (images, labels, masks).
+
+A gate computed from one global embedding can lower the whole upper half of every frame (where sky
+and trees are) without telling clutter from structure; ``position_matched`` separates the two: per
+grid cell, the mean mask on clutter patches minus that on structure patches at that same cell,
+averaged over cells (weighted by the smaller count). Negative = clutter suppressed beyond a fixed
+spatial prior.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +64,22 @@ def patch_groups(labels: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray,
     return major, group
 
 
+def position_matched(masks: np.ndarray, group: np.ndarray, a: int, b: int) -> float | None:
+    """Mean over grid cells of (mean mask on group a - mean mask on group b) at that cell.
+
+    Args: masks float (n,h,w); group int (n,h,w) group indices. Cells are weighted by the smaller of
+    the two counts; None when no cell holds both groups.
+    """
+    diffs, weights = [], []
+    for i in range(masks.shape[1]):
+        for j in range(masks.shape[2]):
+            in_a, in_b = group[:, i, j] == a, group[:, i, j] == b
+            if in_a.any() and in_b.any():
+                diffs.append(masks[in_a, i, j].mean() - masks[in_b, i, j].mean())
+                weights.append(min(in_a.sum(), in_b.sum()))
+    return float(np.average(diffs, weights=weights)) if diffs else None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path)
@@ -63,24 +87,39 @@ def main() -> int:
     p.add_argument("--views", type=int, default=60, help="views per town")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
-    model = load_encoder(a.checkpoint).eval()
-    size = tuple(model.config.image_size)
+    size, grid, gate_masks = _gate(a.checkpoint)
     rgb, lab = zip(*(render_views(t, a.views, size) for t in a.towns))
     rgb, lab = np.concatenate(rgb), np.concatenate(lab)
-    with torch.no_grad():
-        masks = np.concatenate([model(torch.from_numpy(rgb[i : i + 32]))[1][:, 0].numpy()
-                                for i in range(0, len(rgb), 32)])
-    major, group = patch_groups(lab, model.mask_size)
-    res = {"checkpoint": str(a.checkpoint), "towns": a.towns, "views": int(len(rgb)), "grid": list(model.mask_size),
+    masks = gate_masks(rgb)
+    major, group = patch_groups(lab, grid)
+    res = {"checkpoint": str(a.checkpoint), "towns": a.towns, "views": int(len(rgb)), "grid": list(grid),
            "mean_mask": {g: float(masks[group == i].mean()) for i, g in enumerate(GROUPS) if (group == i).any()},
            "patches": {g: int((group == i).sum()) for i, g in enumerate(GROUPS)},
            "mean_mask_per_label": {k: float(masks[major == v].mean()) for k, v in LABELS.items() if (major == v).any()},
-           "mask_range": [float(masks.min()), float(masks.max())]}
+           "mask_range": [float(masks.min()), float(masks.max())],
+           "position_matched_clutter_minus_structure": position_matched(masks, group, 0, 1)}
     a.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(res, a.out / "gate_clutter.json")
     _plot(rgb, lab, masks, a.out / "gate_masks.png")
     print(json.dumps(res, indent=1))
     return 0
+
+
+def _gate(path: Path) -> tuple[tuple[int, int], tuple[int, int], Callable[[np.ndarray], np.ndarray]]:
+    """Input size, mask grid and a function uint8 (n,H,W,3) -> gate masks float32 (n,h,w) for a model file."""
+    if path.suffix == ".onnx":
+        from clino_vpr_ros.runtime import RuntimeEncoder
+
+        enc = RuntimeEncoder(path, providers=["CPUExecutionProvider"])
+        return enc.metadata.input_size, enc.metadata.mask_size, lambda rgb: enc.encode(list(rgb)).masks[:, 0]
+    model = load_encoder(path).eval()
+
+    def run(rgb: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([model(torch.from_numpy(rgb[i : i + 32]))[1][:, 0].numpy()
+                                   for i in range(0, len(rgb), 32)])
+
+    return tuple(model.config.image_size), model.mask_size, run
 
 
 def _plot(rgb: np.ndarray, lab: np.ndarray, masks: np.ndarray, out: Path, n: int = 6) -> None:

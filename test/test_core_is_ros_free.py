@@ -1,4 +1,9 @@
-"""The core must never import rclpy or any ROS message package, nor torch on the robot runtime path."""
+"""The core must never import rclpy or any ROS message package, nor torch on the robot runtime path.
+
+"The core" is every module of clino_vpr_ros outside clino_vpr_ros/ros/ (the ROS side, including the
+node benchmark ``clino_vpr_ros/ros/bench_node.py``). Every import statement counts, also those
+inside functions: a lazy import of the ROS harness still makes a module need ROS.
+"""
 
 import ast
 import subprocess
@@ -15,20 +20,35 @@ def _core_files() -> list[Path]:
     return [p for p in PACKAGE_DIR.rglob("*.py") if "ros" not in p.relative_to(PACKAGE_DIR).parts[:-1]]
 
 
-def _imported_roots(path: Path) -> set[str]:
-    roots = set()
+def _imported_modules(path: Path) -> set[str]:
+    """Every module named by an import statement anywhere in the file (functions included)."""
+    names = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    return roots
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def _is_ros(module: str) -> bool:
+    root = module.split(".")[0]
+    return (root in ROS_ROOTS or root.endswith("_msgs") or root.endswith("_srvs")
+            or module == "clino_vpr_ros.ros" or module.startswith("clino_vpr_ros.ros."))
+
+
+def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text("def f():\n    from clino_vpr_ros.ros.harness import NodeClient\n    import rclpy\n")
+    assert {m for m in _imported_modules(lazy) if _is_ros(m)} == {
+        "clino_vpr_ros.ros.harness", "clino_vpr_ros.ros.harness.NodeClient", "rclpy"}
 
 
 def test_no_core_module_imports_ros() -> None:
     offenders = {}
     for path in _core_files():
-        bad = {r for r in _imported_roots(path) if r in ROS_ROOTS or r.endswith("_msgs") or r.endswith("_srvs")}
+        bad = {m for m in _imported_modules(path) if _is_ros(m)}
         if bad:
             offenders[str(path.relative_to(PACKAGE_DIR))] = sorted(bad)
     assert not offenders, f"ROS imports in the core: {offenders}"

@@ -113,3 +113,14 @@ def test_merge_cli_writes_map_report_and_plot(two_sessions, tmp_path) -> None:
     for r in rows_b[:: max(1, len(rows_b) // 5)]:
         expected = truth @ mb.pose(int(np.flatnonzero(mb.ids == merged.ids[r])[0]))
         assert np.linalg.norm(merged.pose(int(r))[:3, 3] - expected[:3, 3]) < 0.5
+
+
+def test_a_session_that_cannot_be_merged_is_an_error_with_the_reason_not_a_silent_drop(two_sessions) -> None:
+    ma, mb, closures, _ = two_sessions
+    unscaled = [dataclasses.replace(c, metric=False) for c in closures]  # RGB-only, nothing triangulated
+    with pytest.raises(ValueError, match=r"session 'B'.*no metric translation.*--allow-unconnected"):
+        merge_sessions([ma, mb], unscaled)
+    with pytest.raises(ValueError, match=r"session 'B': no closure joins it"):
+        merge_sessions([ma, mb], [])
+    result = merge_sessions([ma, mb], unscaled, MergeConfig(allow_unconnected=True))
+    assert result.unconnected_sessions == ["B"] and list(result.session_T) == ["A"]

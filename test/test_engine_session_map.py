@@ -76,8 +76,11 @@ def test_corrupt_and_missing_files_give_clear_errors_and_are_not_touched(tmp_pat
         engine.load_prior_map(path)
     assert path.read_bytes() == before
     (tmp_path / "text.npz").write_text("hello")
-    with pytest.raises(ValueError, match="not a readable"):
-        SessionMap.load(tmp_path / "text.npz")
+    (tmp_path / "noise.npz").write_bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes())
+    for name in ("text.npz", "noise.npz"):  # says what the file is not (numpy would blame allow_pickle)
+        with pytest.raises(ValueError, match=r"is not a clino-vpr session map: not a \.npz \(zip\) file") as info:
+            SessionMap.load(tmp_path / name)
+        assert "pickle" not in str(info.value)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SessionMap.load(tmp_path / "missing.npz")
 

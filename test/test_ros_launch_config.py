@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from clino_vpr_ros.ros import params
+from clino_vpr_ros.ros.harness import fresh_domain_id
 
 ROOT = Path(__file__).resolve().parents[1]
 YAML_PATH = ROOT / "config" / "clino_vpr.yaml"
@@ -87,7 +87,7 @@ def test_setup_installs_the_console_script_and_launch_and_config_files() -> None
 def ros_node():
     context = rclpy.Context()
     rclpy.init(args=["x", "--ros-args", "--params-file", str(YAML_PATH)], context=context,
-               domain_id=random.randint(100, 200))
+               domain_id=fresh_domain_id())
     node = Node("clino_vpr", context=context)
     yield node
     node.destroy_node()
@@ -123,7 +123,7 @@ def test_out_of_range_start_up_values_refuse_to_start() -> None:
     context = rclpy.Context()
     rclpy.init(args=["x", "--ros-args", "--params-file", str(YAML_PATH), "-p", "image_qos_depth:=0",
                      "-p", "engine_preset:=fastest", "-p", "prior_maps:=[/nonexistent/map.npz]"],
-               context=context, domain_id=random.randint(100, 200))
+               context=context, domain_id=fresh_domain_id())
     node = Node("clino_vpr", context=context)
     try:
         with pytest.raises(InvalidParameterValueException, match="image_qos_depth out of range. Min: 1"):

@@ -138,17 +138,17 @@ def test_large_frames_arrive_bad_messages_are_skipped_and_the_node_keeps_going(d
         mask = client.received.masks[0][1]
         assert mask.encoding == "mono8" and mask.header.stamp.sec == 30 and mask.height * mask.width > 0
 
-        # a burst faster than inference: the queue keeps the newest frame, drops are counted, none pile up
+        # a burst back to back, faster than inference: every frame that arrives is accounted for (processed
+        # or dropped by the drop-oldest queue), nothing piles up, the node keeps going. Which frames DDS
+        # and the queue drop depends on timing; the queue itself is tested deterministically in test_sync.py
         burst = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(3)]
         client.wait_drained(node)
         received0 = client.counter("frames_received")
-        for k in range(30):  # 50 Hz, stamps 1 s apart: every frame encoded, every 5th a keyframe (local features)
+        for k in range(30):  # stamps 1 s apart: every frame encoded, every 5th a keyframe (local features)
             _send(client, 100.0 + k, burst[k % 3])
-            time.sleep(0.02)
-        # (back-to-back large frames would overflow the DDS KEEP_LAST histories before the node sees them)
         client.wait_drained(node, timeout=60, quiet_s=1.0)
-        assert client.counter("frames_received") >= received0 + 10
-        assert client.counter("frames_dropped") > 0 and node.alive()
+        assert client.counter("frames_received") > received0 and node.alive()
+        assert client.handled() == client.counter("frames_received")  # every received frame handled
 
         assert client.counter("engine_keyframes") >= 1
         reply = client.call("/clino_vpr/reset")
@@ -169,12 +169,18 @@ def test_compressed_transport_skips_corrupt_jpeg(domain, model_path, tmp_path):
         good = CompressedImage(format="jpeg", data=cv2.imencode(".jpg", frame)[1].tobytes())
         garbage = np.random.default_rng(2).integers(0, 256, 5000, dtype=np.uint8).tobytes()
         corrupt = CompressedImage(format="jpeg", data=b"\xff\xd8\xff\xe0" + garbage)
-        for i, msg in enumerate([good, corrupt, good]):
+        # a frame of another size than the calibration: K and D would not apply, so it is refused
+        small = CompressedImage(format="jpeg", data=cv2.imencode(".jpg", frame[::2, ::2])[1].tobytes())
+        client.publish_camera_info(np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]]), (480, 640))
+        client.wait_until(lambda: client.last_diagnostics().get("camera_info", "").startswith("calibrated 640x480"),
+                          30, "the calibration to arrive", node)
+        for i, msg in enumerate([good, corrupt, good, small]):
             msg.header.stamp.sec = 100 + 10 * i
             client.publish_raw(msg)
             client.wait_until(lambda: client.handled() == i + 1, 30, f"compressed message {i}", node)
-        assert client.counter("frames_processed") == 2 and client.counter("frames_rejected") == 1
-        assert "corrupt" in node.log_text() and node.alive()
+        assert client.counter("frames_processed") == 2 and client.counter("frames_rejected") == 2
+        log = node.log_text()
+        assert "corrupt" in log and "image is 320x240 but camera_info is calibrated for 640x480" in log and node.alive()
     finally:
         assert _stop(node, client) == 0
 
@@ -203,19 +209,23 @@ def test_revisit_yields_right_loop_closures_in_lio_sam_and_odometry_form(domain,
     try:
         _replay(client, node, s, frames, range(N_FRAMES))
         assert "autosaved" in node.log_text() and (tmp_path / f"{LOOP}.npz").exists()  # before any shutdown save
-        lio, closures = list(client.received.lio), list(client.received.closures)
-        assert len(lio) == len(closures) >= 1
-        for (_, data), (_, odom) in zip(lio, closures):
-            assert len(data) == 2 and data[0] > data[1]  # LIO-SAM: exactly [t_query, t_match]
+        client.wait_for_results(node)
+        pairs = client.closure_pairs()
+        lio = [data for _, data in client.received.lio]
+        assert len(pairs) >= 1 and len(lio) >= 1, "the drive revisits its start more than 30 s later"
+        assert all(len(d) == 2 and d[0] - d[1] >= 30.0 for d in lio)  # LIO-SAM: [t_query, t_match], >= 30 s apart
+        assert sum(data is not None for data, _ in pairs) == len(lio), "every LIO-SAM message is one of the closures"
+        for data, odom in pairs:
             c = closure_from_messages(data, odom)  # raises unless both messages describe one closure
             assert c["query_session"] == c["match_session"] == LOOP and c["verified"] and c["inliers"] > 0
             assert c["covariance"] is not None  # verified closures only: a real covariance
-        false = [(q, m) for q, m in ((_frame_of(s, d[0]), _frame_of(s, d[1])) for _, d in lio)
+        false = [(q, m) for q, m in ((_frame_of(s, c["query_stamp"]), _frame_of(s, c["match_stamp"]))
+                                     for c in (closure_from_messages(d, e) for d, e in pairs))
                  if not _is_true_pair(s, q, m)]
         assert not false, f"false closures (query frame, match frame): {false}"
         # RViz: the latched array holds one line per closure between posed keyframes
         client.wait_until(lambda: _marker_lines(client) >= 1, 10, "closure markers", node)
-        assert _marker_lines(client) <= len(lio)
+        assert _marker_lines(client) <= len(pairs)
     finally:
         assert _stop(node, client) == 0
 
@@ -242,10 +252,13 @@ def test_saved_map_gives_inter_session_closures_after_restart_and_sigterm_saves(
     try:
         assert client.counter("engine_prior_keyframes") == n_saved
         _replay(client, node, s, frames2, first, stamp_offset=86400.0, odom=odom2)
+        client.wait_for_results(node)
         closures = [msg for _, msg in client.received.closures]
         assert closures, "no inter-session closure driving the mapped street again"
-        for (_, data), (_, msg) in zip(client.received.lio, client.received.closures):
-            c = closure_from_messages(data, msg)
+        # LIO-SAM would put yesterday's stamp on its first keyframe: inter-session closures never reach it
+        assert client.received.lio == [] and client.counter("lio_sam_refused") >= len(closures)
+        for msg in closures:
+            c = closure_from_messages(None, msg)
             assert (c["query_session"], c["match_session"]) == (DAY2, DAY1) and c["covariance"] is not None
             assert c["match_stamp"] == pytest.approx(saved.stamps[list(saved.ids).index(c["match_id"])])
             assert _is_true_pair(s, _frame_of(s, c["query_stamp"], 86400.0), _frame_of(s, c["match_stamp"]))

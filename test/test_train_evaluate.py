@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -76,8 +77,9 @@ def test_plots_write_png_files(tmp_path) -> None:
     traj = plot_trajectories_with_closures(
         {"a": np.c_[np.cos(t), np.sin(t)] * 20, "b": np.c_[np.cos(t), np.sin(t)] * 21},
         [((20.0, 0.0), (21.0, 0.0), True), ((0.0, 20.0), (0.0, -21.0), False)], tmp_path / "traj.png")
-    for path in (pr, traj):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for path in (pr, traj):  # real pictures with something drawn, not an empty canvas
+        picture = cv2.imread(str(path))
+        assert picture is not None and min(picture.shape[:2]) > 200 and picture.std() > 10
 
 
 def test_downloader_names_give_utm_positions(tmp_path) -> None:
@@ -122,7 +124,8 @@ def test_eval_loops_cli_scores_closures_against_session_ground_truth(tmp_path, c
     assert res["recall"] == pytest.approx(len(half) / len(queries))
     assert res["max_recall_at_100_precision"] == 0.0  # the adjacent-frame pair outranks every true loop
     assert "max recall@100%P" in out
-    assert (tmp_path / "out" / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
+    curve = cv2.imread(str(tmp_path / "out" / "pr_curve.png"))
+    assert curve is not None and curve.std() > 10  # a drawn curve, not a blank canvas
 
 
 def test_geometric_reranking_puts_the_verified_place_first_even_at_night(tmp_path) -> None:

@@ -12,7 +12,7 @@ import sys
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "encoder": ("clino_vpr_ros.bench.encoder", "per-image latency: PyTorch eager vs onnxruntime CPU"),
     "index": ("clino_vpr_ros.bench.index", "keyframe index add/search latency and recall"),
-    "node": ("clino_vpr_ros.bench.node", "end-to-end node latency over DDS"),
+    "node": ("clino_vpr_ros.ros.bench_node", "end-to-end node latency over DDS (ROS side: lives in clino_vpr_ros.ros)"),
     "fleet": ("clino_vpr_ros.bench.fleet", "robots streaming keyframes into Milvus while querying it, vs faiss"),
 }
 

@@ -23,6 +23,7 @@ from clino_vpr_ros.evaluate import evaluate_closures, plot_trajectories_with_clo
 from clino_vpr_ros.ros.conversions import matrix_to_quaternion
 from clino_vpr_ros.ros.harness import NodeClient, NodeProcess, fresh_domain_id
 from clino_vpr_ros.ros.messages import closure_from_messages
+from clino_vpr_ros.runtime import read_metadata
 from clino_vpr_ros.session_map import SessionMap
 from clino_vpr_ros.synth import Session
 from clino_vpr_ros.synth.cli import two_sessions
@@ -60,9 +61,11 @@ def run_session(client: NodeClient, domain: int, session: Session, out: Path, mo
     if priors:
         params["prior_maps"] = [str(p) for p in priors]
     node = NodeProcess(domain, out / f"node_{session.session_id}.log", params=params)
+    before = client.received_counts()
     try:
         client.wait_for_node(node, timeout=90.0)
         play(client, node, session, rate_hz)
+        client.wait_for_results(node, before=before)  # every closure it published has arrived
         response = client.call("/clino_vpr/save_map")
         if not response.success:
             raise RuntimeError(f"save_map failed: {response.message}")
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if not model.is_file():
         print(f"demo: model {model} not found; export one with `clino-vpr export` or pass --model", file=sys.stderr)
         return 2
+    read_metadata(model)  # a corrupt or foreign model fails here, before minutes of rendering
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     s1, s2 = two_sessions(args.town, n_frames=args.frames)

@@ -36,10 +36,16 @@ from clino_vpr_ros.ros import conversions, messages
 DEFAULT_PARAMS = find_asset("config/clino_vpr.yaml")
 
 
+#: highest DDS domain id that is safe on Linux: RTPS ports are 7400 + 250 * domain + offsets, and
+#: above domain 101 they reach the kernel's ephemeral port range (32768..60999), where another
+#: process's outgoing socket can hold them.
+MAX_DOMAIN_ID = 101
+
+
 def fresh_domain_id() -> int:
-    """A DDS domain for one run (1..230), so concurrent test runs on one host rarely meet; clients also
-    filter /diagnostics by session id, so a shared domain cannot mix up counters."""
-    return random.Random(os.getpid() ^ time.time_ns()).randint(1, 230)
+    """A DDS domain for one run (1..MAX_DOMAIN_ID), so concurrent test runs on one host rarely meet;
+    clients also filter /diagnostics by session id, so a shared domain cannot mix up counters."""
+    return random.Random(os.getpid() ^ time.time_ns()).randint(1, MAX_DOMAIN_ID)
 
 
 def _param_text(value: Any) -> str:
@@ -199,10 +205,38 @@ class NodeClient:
         with self._lock:
             self.received.masks.append((time.monotonic(), msg))
 
-    def closure_pairs(self) -> list[tuple[list[float], Odometry]]:
-        """(loop_closure_detection data, loop_closures edge) of every closure received, in order."""
+    def closure_pairs(self) -> list[tuple[list[float] | None, Odometry]]:
+        """(loop_closure_detection data or None, loop_closures edge) of every closure received, in order.
+
+        Every closure has an edge; LIO-SAM's topic carries only some (clino_vpr_ros/lio_sam.py), so
+        each edge is paired with the LIO-SAM message of the same [t_query, t_match], if any."""
         with self._lock:
-            return [(data, edge) for (_, data), (_, edge) in zip(self.received.lio, self.received.closures)]
+            lio = [data for _, data in self.received.lio]
+            edges = [edge for _, edge in self.received.closures]
+        out = []
+        for edge in edges:
+            t_query = edge.header.stamp.sec + edge.header.stamp.nanosec * 1e-9
+            data = next((d for d in lio if abs(d[0] - t_query) < 1e-6 and abs(d[1] - edge.twist.twist.linear.x) < 1e-6), None)
+            out.append((data, edge))
+        return out
+
+    def received_counts(self) -> tuple[int, int]:
+        """(loop_closures, loop_closure_detection) messages received so far."""
+        with self._lock:
+            return len(self.received.closures), len(self.received.lio)
+
+    def wait_for_results(self, node: NodeProcess, timeout: float = 30.0, before: tuple[int, int] = (0, 0)) -> None:
+        """Until every closure the node counts as published has arrived on loop_closures and every one it
+        sent LIO-SAM on loop_closure_detection, with none waiting for lio_sam_min_period_s: read
+        results after this, not after waiting on another topic. ``before``: :meth:`received_counts`
+        from before this node started (when the client outlives a node)."""
+        def arrived() -> bool:
+            d = self.last_diagnostics()
+            n_edges, n_lio = self.received_counts()
+            return (bool(d) and n_edges - before[0] == int(d.get("closures_published", -1))
+                    and d.get("lio_sam_pending") == "0" and n_lio - before[1] == int(d.get("lio_sam_sent", -1)))
+
+        self.wait_until(arrived, timeout, "the node's closures to arrive", node)
 
     def last_diagnostics(self) -> dict[str, str]:
         with self._lock:

@@ -69,18 +69,19 @@ def closure_to_odometry(closure: Any) -> Odometry:
     return msg
 
 
-def closure_from_messages(lio_data: Any, edge: Odometry) -> dict[str, Any]:
-    """The closure a back end reads from one ``loop_closure_detection`` + ``loop_closures`` pair.
+def closure_from_messages(lio_data: Any | None, edge: Odometry) -> dict[str, Any]:
+    """The closure a back end reads from a ``loop_closures`` edge and, when LIO-SAM got it too
+    (only verified intra-session closures, clino_vpr_ros/lio_sam.py), its ``loop_closure_detection`` pair.
 
-    Returns a dict with query_stamp, match_stamp (from the LIO-SAM pair, the exact floats),
-    query_session, query_id, match_session, match_id, score, inliers, verified, metric,
-    T_query_match float64 (4, 4) (None without a relative pose) and covariance float64 (6, 6).
-    Raises ValueError when the two messages do not describe the same closure.
+    Returns a dict with query_stamp, match_stamp (from the LIO-SAM pair when given, else the edge's
+    header stamp and twist.linear.x), query_session, query_id, match_session, match_id, score,
+    inliers, verified, metric, T_query_match float64 (4, 4) (None without a relative pose) and
+    covariance float64 (6, 6). Raises ValueError when the two messages do not describe the same closure.
     """
-    data = [float(v) for v in lio_data]
+    t_query = edge.header.stamp.sec + edge.header.stamp.nanosec * 1e-9
+    data = [t_query, float(edge.twist.twist.linear.x)] if lio_data is None else [float(v) for v in lio_data]
     if len(data) != 2:
         raise ValueError(f"loop_closure_detection carries {len(data)} values; expected [t_query, t_match]")
-    t_query = edge.header.stamp.sec + edge.header.stamp.nanosec * 1e-9
     if abs(data[0] - t_query) > 1e-6 or abs(data[1] - edge.twist.twist.linear.x) > 1e-6:
         raise ValueError(f"LIO-SAM pair {data} and loop_closures edge (t_query {t_query:.6f}) are different closures")
     (q_session, q_id), (m_session, m_id) = (_split_name(edge.header.frame_id), _split_name(edge.child_frame_id))

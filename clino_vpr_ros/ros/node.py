@@ -11,11 +11,8 @@ or ``python -m clino_vpr_ros.ros.node --ros-args ...``. Interface: docs/ros_inte
 
 from __future__ import annotations
 
-import bisect
-import collections
 import dataclasses
 import functools
-import math
 import signal
 import sys
 import threading
@@ -38,7 +35,10 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from clino_vpr_ros.camera import CameraCalibration, calibration_from_fields
+from clino_vpr_ros.lio_sam import LioSamConfig, LioSamGate  # the rule shared with the bag runner
 from clino_vpr_ros.ros import conversions, messages, params
+from clino_vpr_ros.sync import StampedBuffer  # the pairing rule shared with the bag runner
 
 NODE_NAME = "clino_vpr"
 LATCHED = QoSProfile(
@@ -46,8 +46,6 @@ LATCHED = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
 )
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
-#: a side stream (odom, depth) counts as alive when its last message is this recent
-STREAM_ALIVE_S = 1.0
 #: longest wait of the worker for odometry / depth to reach an image's stamp (side streams race
 #: the image across DDS writers; on a loaded CPU the executor can run late by a good 0.1 s)
 SYNC_WAIT_S = 0.2
@@ -102,52 +100,6 @@ class DropOldestQueue:
             self._cond.notify_all()
 
 
-class StampedBuffer:
-    """Recent (stamp, message) pairs of a side stream; nearest-stamp lookup within a tolerance."""
-
-    def __init__(self, maxlen: int) -> None:
-        self._items: collections.deque[tuple[float, Any]] = collections.deque(maxlen=maxlen)
-        self._cond = threading.Condition()
-        self._last_arrival = -math.inf  # time.monotonic() of the newest message
-
-    def add(self, stamp: float, msg: Any) -> None:
-        with self._cond:
-            self._items.append((stamp, msg))
-            self._last_arrival = time.monotonic()
-            self._cond.notify_all()
-
-    def nearest(self, stamp: float, tolerance: float, wait_s: float = 0.0) -> Any:
-        """The message nearest ``stamp`` within ``tolerance``, or None.
-
-        Side streams race the image (separate DDS writers): when the stream has not reached
-        ``stamp`` yet (nothing received so far, or alive but behind), wait up to ``wait_s`` for a
-        message at or after it, as an approximate-time synchroniser would.
-        """
-        deadline = time.monotonic() + wait_s
-        with self._cond:
-            while (
-                (not self._items or (max(s for s, _ in self._items) < stamp
-                                     and time.monotonic() - self._last_arrival < STREAM_ALIVE_S))
-                and time.monotonic() < deadline
-            ):
-                self._cond.wait(max(0.0, deadline - time.monotonic()))
-            items = sorted(self._items, key=lambda x: x[0])
-        if not items:
-            return None
-        stamps = [s for s, _ in items]
-        i = bisect.bisect_left(stamps, stamp)
-        best = min((j for j in (i - 1, i) if 0 <= j < len(items)), key=lambda j: abs(stamps[j] - stamp))
-        return items[best][1] if abs(stamps[best] - stamp) <= tolerance else None
-
-    def seen(self) -> bool:
-        """Whether any message arrived yet."""
-        return self._last_arrival > -math.inf
-
-    def clear(self) -> None:
-        with self._cond:
-            self._items.clear()
-
-
 @dataclass
 class _Frame:
     msg: Any
@@ -184,13 +136,14 @@ class ClinoVprNode(Node):
         self.pipeline = self._build_pipeline()
         self.fleet = self._attach_fleet()
         self._engine_lock = threading.Lock()
-        self._K: np.ndarray | None = None
+        self._camera: CameraCalibration | None = None  # K, distortion and size of the last camera_info
         self._odom = StampedBuffer(maxlen=500)
         self._depth = StampedBuffer(maxlen=30)
         self._odom_frame = "odom"
         self._queue = DropOldestQueue()
         self._stats = _Stats()
         self._markers = messages.ClosureMarkers()
+        self._lio_sam = LioSamGate(LioSamConfig(self.p.lio_sam_min_time_diff_s, self.p.lio_sam_min_period_s))
         self._last_warn: dict[str, tuple[float, int]] = {}
         self._diag_prev = (time.monotonic(), 0, 0)
 
@@ -203,6 +156,8 @@ class ClinoVprNode(Node):
         self.create_service(Trigger, "~/save_map", self._on_save_map)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_timer(self.p.diagnostics_period_s, self._on_diagnostics_timer)
+        # sends a LIO-SAM closure that had to wait for lio_sam_min_period_s
+        self.create_timer(max(self.p.lio_sam_min_period_s / 4, 0.05), self._flush_lio_sam)
         self._worker = threading.Thread(target=self._work, name="clino_vpr_inference", daemon=True)
         self._running = True
         self._worker.start()
@@ -241,6 +196,7 @@ class ClinoVprNode(Node):
             prior_maps=tuple(self.p.prior_maps),
             base_T_camera=conversions.xyzquat_to_matrix(self.p.base_T_camera),
             providers=list(self.p.providers) or None,
+            parity_warn_only=self.p.parity_warn_only,
         )
 
     def _attach_fleet(self) -> Any:
@@ -286,7 +242,7 @@ class ClinoVprNode(Node):
     @_guarded
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
-            self._K = conversions.camera_info_to_K(msg)
+            self._camera = calibration_from_fields(msg.k, msg.d, msg.distortion_model, msg.width, msg.height)
         except ValueError as e:
             self._warn("camera_info", f"camera_info ignored: {e}")
 
@@ -322,6 +278,12 @@ class ClinoVprNode(Node):
         response.success, response.message = True, f"session {self.p.session_id!r} cleared (prior maps kept)"
         self.get_logger().info(response.message)
         return response
+
+    @_guarded
+    def _flush_lio_sam(self) -> None:
+        closure = self._lio_sam.poll(time.monotonic())
+        if closure is not None:
+            self.pub_lio.publish(messages.lio_sam_message(closure.query_stamp, closure.match_stamp))
 
     @_guarded
     def _on_diagnostics_timer(self) -> None:
@@ -361,10 +323,12 @@ class ClinoVprNode(Node):
                        f"{self.resolve_topic_name('odom')}: frame skipped (set use_odom false to run without)")
             return
         depth = self._depth_at(stamp)
-        if self._K is None and self.p.use_camera_info:
+        if self._camera is None and self.p.use_camera_info:
             self._warn("no_K", "no calibrated camera_info yet: closures are verified by a fundamental matrix only, with no relative pose")
         with self._engine_lock:
-            result = self.pipeline.process(stamp, image, encoding=encoding, K=self._K, odom_T_base=odom_T_base, depth=depth)
+            # camera: undistorted keypoints, and an image of another size than camera_info's is refused
+            result = self.pipeline.process(stamp, image, encoding=encoding, odom_T_base=odom_T_base, depth=depth,
+                                           camera=self._camera)
         self._publish(result, msg.header)
         with self._stats.lock:
             self._stats.processed += 1
@@ -403,8 +367,8 @@ class ClinoVprNode(Node):
                 self._stats.closures += 1
             if not (closure.verified or publish_unverified):
                 continue
-            self.pub_lio.publish(messages.lio_sam_message(closure.query_stamp, closure.match_stamp))
             self.pub_closures.publish(messages.closure_to_odometry(closure))
+            self._lio_sam.offer(closure)  # LIO-SAM gets only what it can place (clino_vpr_ros/lio_sam.py)
             markers_changed |= self._markers.add(closure)
             with self._stats.lock:
                 self._stats.published += 1
@@ -413,6 +377,7 @@ class ClinoVprNode(Node):
                 f"(t {closure.query_stamp:.3f} -> {closure.match_stamp:.3f}, score {closure.score:.3f}, "
                 f"verified {closure.verified}, inliers {closure.inliers})"
             )
+        self._flush_lio_sam()
         if markers_changed:
             self.pub_markers.publish(self._markers.message(self._marker_frame(), header.stamp))
         if self.get_parameter("publish_gate_mask").value and getattr(result, "mask", None) is not None:
@@ -472,7 +437,12 @@ class ClinoVprNode(Node):
             "pipeline_ms_mean": float(np.mean(pipe)) if pipe else 0.0,
             "closures_detected": closures,
             "closures_published": published,
-            "camera_info": "calibrated" if self._K is not None else "none",
+            "lio_sam_sent": self._lio_sam.sent,
+            "lio_sam_refused": self._lio_sam.refused,
+            "lio_sam_superseded": self._lio_sam.superseded,
+            "lio_sam_pending": int(self._lio_sam.pending),
+            "camera_info": "none" if self._camera is None else (
+                f"calibrated {self._camera.width}x{self._camera.height} {self._camera.distortion_model or 'no distortion'}"),
         }
         values.update({f"engine_{k}": v for k, v in self._engine_stats().items()})
         if self.fleet is not None:

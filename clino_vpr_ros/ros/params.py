@@ -134,7 +134,16 @@ PARAMS: tuple[ParamSpec, ...] = (
               "[x, y, z, qx, qy, qz, qw], a unit quaternion (|q|^2 within 0.01 of 1, as tf2 requires). Default: optical "
               "frame at the base origin.", check=_check_pose7),
     ParamSpec("publish_unverified", bool, False, "Also publish closures that were not geometrically verified "
-              "(covariance[0] = -1 on loop_closures); LIO-SAM's topic only carries verified ones unless this is true."),
+              "(covariance[0] = -1 on loop_closures); LIO-SAM's topic never carries them."),
+    ParamSpec("parity_warn_only", bool, False, "On a GPU provider the encoder is compared with onnxruntime CPU at "
+              "start-up; a mismatch (e.g. an fp16 engine that lost accuracy) stops the node unless this is true "
+              "(then a loud warning)."),
+    ParamSpec("lio_sam_min_time_diff_s", float, 30.0, "Least |t_query - t_match| of a closure sent on "
+              "loop_closure_detection (LIO-SAM's historyKeyframeSearchTimeDiff: it rejects closer pairs).",
+              range=(0.0, 86400.0)),
+    ParamSpec("lio_sam_min_period_s", float, 1.0, "Least seconds between two messages on loop_closure_detection "
+              "(LIO-SAM takes one per loopClosureFrequency cycle); a closure found sooner waits, the best one kept.",
+              range=(0.0, 3600.0)),
     ParamSpec("publish_gate_mask", bool, False, "Publish the semantic gate mask of every processed frame on "
               "`gate_mask` (mono8).", read_only=False),
     ParamSpec("marker_frame_id", str, "", "Frame of loop_closure_markers. Empty: the odometry header frame "

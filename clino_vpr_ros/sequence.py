@@ -1,0 +1,141 @@
+"""Sequence scoring of loop-closure candidates (SeqSLAM / SeqNet idea), incremental, no look-ahead.
+
+A single frame cannot tell two look-alike blocks apart; the keyframes that led to it usually can.
+For the live query keyframe and every keyframe ``j`` of a map, the sequence score is the mean
+cosine similarity of the last ``window`` query keyframes with the map keyframes *aligned* to them:
+the query keyframe that lies ``delta`` behind the current one is compared with the map keyframe
+that lies ``delta`` behind ``j``. ``delta`` is the travelled distance (odometry; robust to
+different speeds) when both sides have poses, the keyframe count otherwise. Only keyframes that
+have already arrived are used.
+
+Adaptive acceptance (the map's own score distribution decides, not a fixed cosine):
+
+* ``z``: (best - median) / (1.4826 * MAD) of the sequence scores over the whole map must reach
+  ``min_z``; a map where everything looks alike has a wide distribution and needs a stronger best;
+* ``margin``: best minus the best score farther than ``exclusion`` (metres or keyframes, same unit
+  as the alignment) from it must reach ``min_margin``; an aliased block scores as high as the true
+  place, so the margin is small and the candidate waits until the sequence tells them apart;
+* ``min_score``: an absolute floor on the mean cosine.
+
+Cost per query keyframe and map: one (window, N) matrix product plus O(window * N log N)
+alignment lookups; a 10k-keyframe map costs about a millisecond.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """Sequence scoring and the adaptive acceptance of the module docstring.
+
+    enabled False (the default until it is precise enough on every held-out town, see
+    models/README.md; the ``sequence`` and ``high_recall`` presets turn it on): single-frame candidates
+    (:class:`~clino_vpr_ros.candidates.CandidateFilter`). window: query keyframes per sequence
+    (current included); min_length: aligned pairs needed for a score (a shorter history gives none);
+    max_align_gap_m / max_align_gap_keyframes: an aligned map keyframe farther than this from the
+    wanted position counts as missing; exclusion_m / exclusion_keyframes: runner-up search excludes
+    this neighbourhood of the best.
+    """
+
+    enabled: bool = False
+    window: int = 5
+    min_length: int = 5
+    min_score: float = 0.3
+    min_z: float = 2.0
+    min_margin: float = 0.15
+    max_align_gap_m: float = 4.0
+    max_align_gap_keyframes: float = 0.5
+    exclusion_m: float = 20.0
+    exclusion_keyframes: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or not 1 <= self.min_length <= self.window:
+            raise ValueError("need window >= 1, 1 <= min_length <= window")
+        if min(self.max_align_gap_m, self.max_align_gap_keyframes, self.exclusion_m, self.exclusion_keyframes) <= 0:
+            raise ValueError("alignment gaps and exclusions must be > 0")
+
+
+@dataclass(frozen=True)
+class SequenceMatch:
+    """One accepted place in a map: row (position in the map's track), its sequence score, z and margin."""
+
+    row: int
+    score: float
+    z: float
+    margin: float
+    length: int
+
+
+def track_positions(poses: np.ndarray | None, n: int) -> tuple[np.ndarray, bool]:
+    """Position along the track of each of ``n`` keyframes: (float64 (n,), metric).
+
+    poses: float64 (n,4,4) in time order (NaN rows: unknown) or None. Cumulative travelled distance
+    between known poses (metres, metric True; a keyframe with no pose adds no distance) when any
+    two poses are known, else the keyframe index (metric False).
+    """
+    known = np.zeros(n, bool) if poses is None or n == 0 else np.isfinite(poses).all(axis=(1, 2))
+    if known.sum() < 2:
+        return np.arange(n, dtype=np.float64), False
+    steps = np.zeros(n)
+    rows = np.flatnonzero(known)
+    steps[rows[1:]] = np.linalg.norm(np.diff(poses[rows, :3, 3], axis=0), axis=1)
+    return np.cumsum(steps), True
+
+
+def sequence_scores(query: np.ndarray, query_pos: np.ndarray, map_desc: np.ndarray, map_pos: np.ndarray,
+                    max_gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sequence score of every map keyframe for the current query keyframe.
+
+    query: float32 (W,D) the last W query keyframes, oldest first (the last row is the current one);
+    query_pos (W,) their track positions; map_desc float32 (N,D); map_pos (N,) non-decreasing track
+    positions, same unit. Returns (scores float64 (N,): mean aligned cosine, -1 where no pair was
+    valid; lengths int (N,): aligned pairs used).
+    """
+    n = len(map_desc)
+    if n == 0:
+        return np.zeros(0), np.zeros(0, int)
+    sim = np.asarray(query, np.float32) @ np.asarray(map_desc, np.float32).T  # (W, N)
+    total = np.zeros(n)
+    count = np.zeros(n, int)
+    for k in range(len(query)):
+        delta = query_pos[-1] - query_pos[k]
+        wanted = map_pos - delta  # the map position aligned with query keyframe k, for every j
+        idx = np.clip(np.searchsorted(map_pos, wanted), 1, max(n - 1, 1)) if n > 1 else np.zeros(n, int)
+        if n > 1:  # nearest of the two neighbours in the sorted positions
+            left = np.abs(map_pos[idx - 1] - wanted) <= np.abs(map_pos[idx] - wanted)
+            idx = np.where(left, idx - 1, idx)
+        ok = (np.abs(map_pos[idx] - wanted) <= max_gap) & (idx <= np.arange(n))
+        total += np.where(ok, sim[k, idx], 0.0)
+        count += ok
+    scores = np.where(count > 0, total / np.maximum(count, 1), -1.0)
+    return scores, count
+
+
+def best_match(scores: np.ndarray, lengths: np.ndarray, map_pos: np.ndarray, cfg: SequenceConfig,
+               exclusion: float) -> SequenceMatch | None:
+    """The accepted place of a map, or None (see the module docstring's tests).
+
+    scores/lengths from :func:`sequence_scores` restricted to the searchable rows; map_pos their
+    track positions; exclusion in the same unit.
+    """
+    valid = lengths >= cfg.min_length
+    if valid.sum() < 3:
+        return None
+    s = np.where(valid, scores, -np.inf)
+    pool = scores[valid]
+    median = float(np.median(pool))
+    spread = max(float(np.median(np.abs(pool - median))) * 1.4826, 1e-3)
+    j = int(np.argmax(s))
+    far = s[np.abs(map_pos - map_pos[j]) > exclusion]
+    if not np.isfinite(far).any():  # nothing to compare with: the map is still too short to tell
+        return None
+    runner = float(np.max(far))
+    best = float(s[j])
+    z, margin = (best - median) / spread, best - runner
+    if best >= cfg.min_score and z >= cfg.min_z and margin >= cfg.min_margin:
+        return SequenceMatch(j, best, z, margin, int(lengths[j]))
+    return None

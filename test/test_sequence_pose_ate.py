@@ -1,0 +1,133 @@
+"""Sequence scoring, metric pose from a plain camera (triangulation + PnP), trajectory error with closures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from clino_vpr_ros.engine import LoopClosure
+from clino_vpr_ros.sequence import SequenceConfig, best_match, sequence_scores, track_positions
+from clino_vpr_ros.trajectory import SessionTrajectory, evaluate_ate
+from clino_vpr_ros.triangulate import Neighbour, TriangulationConfig, camera_motion, with_triangulated_depths
+from clino_vpr_ros.verify import LocalFeatures, VerifyConfig, verify_pair
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def test_sequence_tells_an_aliased_twin_from_the_true_place() -> None:
+    """The current view looks exactly like two places; only the keyframes that led to it tell which."""
+    rng = np.random.default_rng(0)
+    dim, n = 64, 80
+    map_desc = _unit(rng.normal(size=(n, dim)))
+    map_desc[44] = map_desc[14]  # block 44 is a twin of block 14 for a single frame
+    pos, metric = track_positions(None, n)
+    assert not metric
+    query = _unit(map_desc[10:15] + 0.5 * rng.normal(size=(5, dim)) / math.sqrt(dim))  # drove through 10..14 again
+    single = query[-1] @ map_desc.T
+    assert abs(single[14] - single[44]) < 1e-6  # a single frame cannot choose
+    scores, lengths = sequence_scores(query, np.arange(5.0), map_desc, pos, max_gap=0.5)
+    m = best_match(scores, lengths, pos, SequenceConfig(), exclusion=5.0)
+    assert m is not None and m.row == 14 and m.margin >= SequenceConfig().min_margin
+
+    # arriving at the twin from an unrelated street: no place is accepted (the margin stays small)
+    other = np.vstack([_unit(rng.normal(size=(4, dim))), query[-1:]])
+    scores, lengths = sequence_scores(other, np.arange(5.0), map_desc, pos, max_gap=0.5)
+    assert best_match(scores, lengths, pos, SequenceConfig(), exclusion=5.0) is None
+
+
+def test_sequence_alignment_by_travelled_distance_copes_with_another_speed() -> None:
+    """The map was driven at 1 m per keyframe, the revisit at 2 m per keyframe."""
+    rng = np.random.default_rng(1)
+    dim, n = 64, 60
+    map_desc = _unit(rng.normal(size=(n, dim)))
+    map_pos = np.arange(n, dtype=np.float64)
+    rows = np.array([22, 24, 26, 28, 30])
+    query = _unit(map_desc[rows] + 0.5 * rng.normal(size=(5, dim)) / math.sqrt(dim))
+    scores, lengths = sequence_scores(query, rows.astype(np.float64), map_desc, map_pos, max_gap=0.6)
+    m = best_match(scores, lengths, map_pos, SequenceConfig(), exclusion=5.0)
+    assert m is not None and m.row == 30 and m.length == 5
+
+
+def _pose(yaw_deg: float, t: tuple[float, float, float]) -> np.ndarray:
+    """A camera pose in the world (optical frame: z forward); yaw about the camera's y (down) axis."""
+    a = math.radians(yaw_deg)
+    T = np.eye(4)
+    T[:3, :3] = [[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]]
+    T[:3, 3] = t
+    return T
+
+
+def _view(points: np.ndarray, world_T_cam: np.ndarray, K: np.ndarray, desc: np.ndarray, rng: np.random.Generator
+          ) -> LocalFeatures:
+    """Features of the points seen from a camera: projected pixels (+0.3 px noise), descriptors of the points."""
+    Xc = (points - world_T_cam[:3, 3]) @ world_T_cam[:3, :3]
+    uv = Xc[:, :2] / Xc[:, 2:3] @ K[:2, :2].T + K[:2, 2]
+    seen = (Xc[:, 2] > 0.5) & (uv[:, 0] >= 0) & (uv[:, 0] < 640) & (uv[:, 1] >= 0) & (uv[:, 1] < 480)
+    uv = uv[seen] + rng.normal(0, 0.3, size=(int(seen.sum()), 2))
+    return LocalFeatures(uv.astype(np.float32), desc[seen], np.full(int(seen.sum()), np.nan, np.float32), (480, 640))
+
+
+def test_rgb_only_closure_gets_a_metric_translation_from_triangulation() -> None:
+    rng = np.random.default_rng(2)
+    K = np.array([[320.0, 0, 320], [0, 320, 240], [0, 0, 1]])
+    points = np.column_stack([rng.uniform(-12, 12, 400), rng.uniform(-4, 2, 400), rng.uniform(6, 30, 400)])
+    desc = rng.integers(0, 256, size=(400, 128), dtype=np.uint8)
+    match_pose = _pose(0.0, (0.0, 0.0, 0.0))
+    # the keyframes before and after the match, 1 m apart along the drive (relative poses from odometry)
+    neighbour_poses = [_pose(0.5 * d, (0.1 * d, 0.0, float(d))) for d in (-3, -2, -1, 1, 2, 3)]
+    query_pose = _pose(8.0, (1.5, 0.1, 0.6))  # the revisit: 1.5 m to the side, turned 8 deg
+    match = _view(points, match_pose, K, desc, rng)
+    neighbours = [Neighbour(_view(points, p, K, desc, rng), K, camera_motion(match_pose, p, None)) for p in neighbour_poses]
+    query = _view(points, query_pose, K, desc, rng)
+
+    without_depth = verify_pair(query, K, match, K, VerifyConfig())
+    assert without_depth.accepted and not without_depth.metric  # a plain pair: direction only
+
+    triangulated = with_triangulated_depths(match, K, neighbours, VerifyConfig(), TriangulationConfig())
+    assert triangulated is not None and np.isfinite(triangulated.depths).sum() >= 40
+    v = verify_pair(query, K, triangulated, K, VerifyConfig())
+    truth = np.linalg.inv(query_pose) @ match_pose
+    assert v.accepted and v.metric and v.method == "pnp"
+    assert np.linalg.norm(v.qcam_T_mcam[:3, 3] - truth[:3, 3]) < 0.1  # metres, true translation 1.6 m
+    assert np.all(np.sqrt(np.diag(v.covariance)[:3]) < 0.5)
+
+
+def _pose2d(x: float, y: float, yaw: float) -> np.ndarray:
+    T = np.eye(4)
+    T[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
+    T[:2, 3] = (x, y)
+    return T
+
+
+def test_closures_halve_the_trajectory_error_of_drifting_odometry() -> None:
+    """Two laps of a 40 m x 30 m block with biased odometry; closures at the second lap's keyframes."""
+    rng = np.random.default_rng(3)
+    lap = []
+    for (x0, y0), (x1, y1) in zip([(0, 0), (40, 0), (40, 30), (0, 30)], [(40, 0), (40, 30), (0, 30), (0, 0)]):
+        for s in np.arange(0, 1, 1 / 20):
+            lap.append((x0 + s * (x1 - x0), y0 + s * (y1 - y0), math.atan2(y1 - y0, x1 - x0)))
+    world = np.stack([_pose2d(x, y + 0.5 * k, a) for k in range(2) for x, y, a in lap])  # lap 2 is 0.5 m aside
+    odom = [world[0]]
+    for a, b in zip(world[:-1], world[1:]):
+        rel = np.linalg.inv(a) @ b
+        rel = rel @ _pose2d(0.01 * rel[0, 3], rng.normal(0, 0.01), math.radians(0.4))  # scale + heading bias
+        odom.append(odom[-1] @ rel)
+    odom = np.stack(odom)
+    n = len(lap)
+    stamps = np.arange(2 * n, dtype=np.float64)
+    closures = []
+    for q in range(n, 2 * n, 2):
+        T = np.linalg.inv(world[q]) @ world[q - n]
+        closures.append(LoopClosure(stamps[q], stamps[q - n], "s", "s", q, q - n, 0.9, True, 80, T, True,
+                                    np.diag([0.05**2] * 3 + [0.01**2] * 3)))
+    wrong = np.linalg.inv(world[n + 10]) @ world[50]  # one aliased, verified but wrong closure
+    closures.append(LoopClosure(stamps[n + 10], stamps[50], "s", "s", n + 10, 50, 0.8, True, 30, wrong, True,
+                                np.diag([0.05**2] * 3 + [0.01**2] * 3)))
+    trajectory = SessionTrajectory("s", np.arange(2 * n), stamps, odom)
+    report = evaluate_ate([trajectory], closures, {"s": (stamps, world)})
+    assert report.closures_used == len(closures)
+    assert report.odom["s"] > 1.0
+    assert report.closed["s"] <= 0.5 * report.odom["s"], (report.odom, report.closed)
