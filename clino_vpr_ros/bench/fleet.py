@@ -11,8 +11,8 @@ over the keyframes the consistency level guarantees visible: under ``Strong`` ev
 written before the query, under ``Bounded`` those acknowledged more than the server's graceful
 time (5 s) before it; a Milvus answer counts as correct when it passes the filter and is as
 similar to the query as that exact top-1 (so an equally good twin, or a newer keyframe that a
-Bounded search happens to see already, is not counted as a miss). Read-after-write: after some inserts, the time until a Strong search
-for the just-written keyframe returns it. The same stream goes into the in-process faiss backend
+Bounded search happens to see already, is not counted as a miss). Read-after-write: after some
+inserts, the time until a search for the just-written keyframe returns it. The same stream goes into the in-process faiss backend
 (:class:`~clino_vpr_ros.fleet.LocalFleetIndex`, exact) side by side.
 
 Last line: ``backend=milvus keyframes=N insert_per_s=X query_p50_ms=Y recall_at_1=Z``.
