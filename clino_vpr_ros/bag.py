@@ -34,6 +34,7 @@ from clino_vpr_ros.assets import default_model_path
 from clino_vpr_ros.atomic import atomic_write
 from clino_vpr_ros.camera import CameraCalibration, calibration_from_fields
 from clino_vpr_ros.engine import ENGINE_PRESETS, LoopClosure, get_engine_config
+from clino_vpr_ros.geometry import quaternion_to_matrix
 from clino_vpr_ros.image_msg import decode_compressed, decode_image
 from clino_vpr_ros.lio_sam import LioSamConfig, schedule
 from clino_vpr_ros.sync import StampedSeries
@@ -90,11 +91,12 @@ def _sec(stamp: Any) -> float:
 
 
 def _pose(p: Any) -> np.ndarray:
-    """geometry_msgs Pose/Transform fields -> float64 (4, 4)."""
+    """geometry_msgs Pose/Transform fields -> float64 (4, 4); ValueError for a quaternion tf2 would
+    refuse (not unit) or non-finite values, as the node does (clino_vpr_ros.geometry)."""
     t = getattr(p, "position", None) or getattr(p, "translation")
     q = getattr(p, "orientation", None) or getattr(p, "rotation")
     T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
+    T[:3, :3] = quaternion_to_matrix([q.x, q.y, q.z, q.w])
     T[:3, 3] = [t.x, t.y, t.z]
     if not np.all(np.isfinite(T)):
         raise ValueError(f"pose has non-finite values: {T[:3, 3].tolist()}, quaternion {[q.x, q.y, q.z, q.w]}")
