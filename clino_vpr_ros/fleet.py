@@ -24,7 +24,11 @@ Milvus specifics:
   nothing when idle. ``Bounded`` skips that wait but may miss the last seconds of writes;
 - the asking session's recent keyframes are excluded by a boolean expression evaluated inside
   the search (``not (session == "s" and stamp > t)``), not by over-fetching and dropping;
-- vectors are indexed with HNSW (inner product, descriptors are L2-normalised).
+- vectors are indexed with HNSW (inner product, descriptors are L2-normalised). Sealed segments are
+  searched with it; growing (still written) segments must be searched exactly: the server needs
+  ``queryNode.segcore.interimIndex.enableIndex: false`` (Milvus 2.3 otherwise searches them with an
+  IVF interim index at nprobe 16 of 128, which cut recall@1 to 0.66-0.78 while robots stream;
+  :mod:`clino_vpr_ros.fleet_server` sets it, a cluster needs it in its milvus.yaml, docs/fleet.md).
 
 :class:`FleetLink` is the robot side: it queues this session's keyframes, writes them when the
 server answers, keeps working (no fleet results) when it does not, reports the state for

@@ -6,9 +6,13 @@ keyframes (1-2 Hz) of its session (descriptors shaped like the model's,
 fast as it takes them (the insert rate is what the server sustains, to compare with the fleet's
 1.5 x robots keyframes per second). Every ``--query-every`` rounds a robot queries with its newest
 keyframe, excluding its own last 30 s inside the search (``not (session == s and stamp > t)``),
-timed one query at a time. Recall@1 is against exact filtered search over the same keyframes
-(numpy, outside the timing). Read-after-write: after some inserts, the time until a Strong search
-for the just-written keyframe returns it. The same stream goes into the in-process faiss backend
+timed one query at a time. Recall@1 is against exact filtered search (numpy, outside the timing)
+over the keyframes the consistency level guarantees visible: under ``Strong`` every keyframe
+written before the query, under ``Bounded`` those acknowledged more than the server's graceful
+time (5 s) before it; a Milvus answer counts as correct when it passes the filter and is as
+similar to the query as that exact top-1 (so an equally good twin, or a newer keyframe that a
+Bounded search happens to see already, is not counted as a miss). Read-after-write: after some
+inserts, the time until a search for the just-written keyframe returns it. The same stream goes into the in-process faiss backend
 (:class:`~clino_vpr_ros.fleet.LocalFleetIndex`, exact) side by side.
 
 Last line: ``backend=milvus keyframes=N insert_per_s=X query_p50_ms=Y recall_at_1=Z``.
@@ -32,6 +36,7 @@ from clino_vpr_ros.fleet import FleetConfig, KeyframeRecord, LocalFleetIndex, Mi
 log = logging.getLogger(__name__)
 FINGERPRINT = "bench-fleet"
 EXCLUDE_S = 30.0
+BOUNDED_GRACE_S = 5.0  # Milvus common.gracefulTime (ms 5000): what a Bounded search may not see yet
 
 
 @dataclass
@@ -59,10 +64,23 @@ class Robot:
 
 
 def _exact_filtered_top1(store: np.ndarray, sessions: np.ndarray, stamps: np.ndarray, n: int, q: np.ndarray,
-                         s_idx: int, after: float) -> int:
+                         s_idx: int, after: float) -> tuple[int, float]:
+    """(row, inner product) of the best of the first ``n`` rows that pass the search's filter."""
     allowed = ~((sessions[:n] == s_idx) & (stamps[:n] > after))
     sims = np.where(allowed, store[:n] @ q, -np.inf)
-    return int(np.argmax(sims))
+    row = int(np.argmax(sims))
+    return row, float(sims[row])
+
+
+def hit_is_correct(store: np.ndarray, sessions: np.ndarray, stamps: np.ndarray, n_written: int, q: np.ndarray,
+                   s_idx: int, after: float, truth_score: float, hit_row: int | None) -> bool:
+    """A top-1 answer is right when it exists, was written, passes the filter, and is as similar to
+    ``q`` as the exact filtered top-1 (float32 rounding tolerance)."""
+    if hit_row is None or not 0 <= hit_row < n_written:
+        return False
+    if sessions[hit_row] == s_idx and stamps[hit_row] > after:
+        return False
+    return float(store[hit_row] @ q) >= truth_score - 1e-5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +127,8 @@ def _run(args: argparse.Namespace, uri: str, town: Town, robots: list[Robot], n_
     sess = np.empty(n_total, np.int32)
     stamps = np.empty(n_total, np.float64)
     kfids = np.empty(n_total, np.int64)
+    acked = np.empty(n_total, np.float64)  # perf_counter when the insert holding the row returned
+    rows_of: list[list[int]] = [[] for _ in robots]  # robot -> its rows by keyframe id
     n, clock = 0, 0.0
     rows_per_round = 1.5 * len(robots)
     query_every = max(1, int(n_total / rows_per_round / max(args.queries, 1)))
@@ -133,6 +153,9 @@ def _run(args: argparse.Namespace, uri: str, town: Town, robots: list[Robot], n_
         t = time.perf_counter()
         milvus.insert(recs)
         ins_s += time.perf_counter() - t
+        acked[n : n + len(recs)] = time.perf_counter()
+        for i in range(n, n + len(recs)):
+            rows_of[int(sess[i])].append(i)
         if local is not None:
             t = time.perf_counter()
             local.add(recs)
@@ -140,7 +163,8 @@ def _run(args: argparse.Namespace, uri: str, town: Town, robots: list[Robot], n_
         n += len(recs)
         bar.update(len(recs))
         if rnd % query_every == 0:
-            _query_round(milvus, local, robots, store, sess, stamps, kfids, n, clock, rng, m_lat, l_lat, m_hit, l_hit)
+            _query_round(milvus, local, robots, store, sess, stamps, acked, rows_of, n, clock, rng, m_lat, l_lat,
+                         m_hit, l_hit)
         if rnd % (query_every * 10) == 0 and len(raw) < 20:
             raw.append(_read_after_write(milvus, recs[-1]))
     bar.close()
@@ -163,26 +187,38 @@ def _run(args: argparse.Namespace, uri: str, town: Town, robots: list[Robot], n_
 
 
 def _query_round(milvus: MilvusFleetIndex, local: LocalFleetIndex | None, robots: list[Robot], store: np.ndarray,
-                 sess: np.ndarray, stamps: np.ndarray, kfids: np.ndarray, n: int, clock: float, rng: np.random.Generator,
-                 m_lat: list, l_lat: list, m_hit: list, l_hit: list) -> None:
+                 sess: np.ndarray, stamps: np.ndarray, acked: np.ndarray, rows_of: list[list[int]], n: int, clock: float,
+                 rng: np.random.Generator, m_lat: list, l_lat: list, m_hit: list, l_hit: list) -> None:
     """One robot queries with its newest keyframe, excluding its own last EXCLUDE_S seconds."""
     r_i = int(rng.integers(0, len(robots)))
-    mine = np.flatnonzero(sess[:n] == r_i)
-    if not len(mine):
+    if not rows_of[r_i]:
         return
-    row = int(mine[-1])
+    row = rows_of[r_i][-1]
     q, after = store[row], clock - EXCLUDE_S
-    truth = _exact_filtered_top1(store, sess, stamps, n, q, r_i, after)
-    key = (robots[int(sess[truth])].session, int(kfids[truth]))
+    session_index = {rb.session: i for i, rb in enumerate(robots)}
+
+    def row_of(hits: list) -> int | None:
+        if not hits or hits[0].session not in session_index:
+            return None
+        mine = rows_of[session_index[hits[0].session]]
+        return mine[hits[0].kf_id] if 0 <= hits[0].kf_id < len(mine) else None
+
     t = time.perf_counter()
     hits = milvus.search(q, 1, exclude_session=robots[r_i].session, exclude_after=after)[0]
     m_lat.append(1e3 * (time.perf_counter() - t))
-    m_hit.append(bool(hits) and (hits[0].session, hits[0].kf_id) == key)
+    # the rows this consistency level promises to show (acked is in time order)
+    visible = n if milvus.cfg.consistency == "Strong" else int(np.searchsorted(acked[:n], t - BOUNDED_GRACE_S, side="right"))
+    if visible == 0:
+        m_lat.pop()
+        return
+    _, truth = _exact_filtered_top1(store, sess, stamps, visible, q, r_i, after)
+    m_hit.append(hit_is_correct(store, sess, stamps, n, q, r_i, after, truth, row_of(hits)))
     if local is not None:
+        _, truth = _exact_filtered_top1(store, sess, stamps, n, q, r_i, after)  # in-process: every row visible
         t = time.perf_counter()
         hits = local.search(q, 1, exclude_session=robots[r_i].session, exclude_after=after)[0]
         l_lat.append(1e3 * (time.perf_counter() - t))
-        l_hit.append(bool(hits) and (hits[0].session, hits[0].kf_id) == key)
+        l_hit.append(hit_is_correct(store, sess, stamps, n, q, r_i, after, truth, row_of(hits)))
 
 
 def _read_after_write(milvus: MilvusFleetIndex, rec: KeyframeRecord) -> float:
