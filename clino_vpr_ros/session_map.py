@@ -25,6 +25,10 @@ is refused by an engine running another model), ``frame_id``, the local ``featur
 a temporary sibling, fsync'ed, then ``os.replace``'d over the target, so a crash mid-save leaves
 the previous map intact (a stale ``.<name>.tmp-<pid>`` file may remain and is ignored).
 
+Local features stay on disk: :meth:`SessionMap.load` memory-maps them (read per keyframe with
+``pread``), and :class:`SessionMapBuilder` spools a live session's to an unlinked temporary file;
+resident memory per keyframe is a few hundred bytes beyond the keyframe index.
+
 A map is the user's data: :meth:`SessionMap.save` never replaces an existing file unless told to,
 and every writer of the package (the node's autosave / ``~/save_map`` / shutdown save, the engine,
 ``clino-vpr bag --save-map``, ``clino-vpr merge --out``) goes through :class:`MapWriter`, which
@@ -36,11 +40,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
+import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -55,6 +63,9 @@ _ARRAYS = (
     "ids", "stamps", "poses", "descriptors", "session_index", "intrinsics", "image_sizes",
     "feature_offsets", "keypoints", "feature_descriptors", "keypoint_depths",
 )
+# the local features are ~95 % of a map's bytes (SIFT: ~70 kB per keyframe) and only a few
+# keyframes' worth is read per query, so a loaded map keeps them on disk (memory-mapped)
+_MAPPED = ("keypoints", "feature_descriptors", "keypoint_depths")
 
 
 @dataclass
@@ -77,6 +88,9 @@ class SessionMap:
     feature_descriptors: np.ndarray
     keypoint_depths: np.ndarray
     path: Path | None = field(default=None, compare=False)
+    # the map file as opened by :meth:`load`: memory-mapped arrays are read from it with pread,
+    # so reading features does not map file pages into this process (they would count as resident)
+    _file: object = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -115,12 +129,26 @@ class SessionMap:
         return None if np.isnan(K).any() else K.copy()
 
     def features(self, row: int) -> LocalFeatures | None:
-        """Local features of one keyframe, or None when it had no image."""
+        """Local features of one keyframe (in-memory copies, also when the map is memory-mapped),
+        or None when it had no image."""
         a, b = int(self.feature_offsets[row]), int(self.feature_offsets[row + 1])
         h, w = (int(v) for v in self.image_sizes[row])
         if h == 0:
             return None
-        return LocalFeatures(self.keypoints[a:b], self.feature_descriptors[a:b], self.keypoint_depths[a:b], (h, w))
+        return LocalFeatures(self._rows(self.keypoints, a, b), self._rows(self.feature_descriptors, a, b),
+                             self._rows(self.keypoint_depths, a, b), (h, w))
+
+    def _rows(self, array: np.ndarray, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) of one array as a new in-memory array (pread from the file when memory-mapped)."""
+        if self._file is None or not isinstance(array, np.memmap) or not array.flags.c_contiguous:
+            return np.array(array[a:b])
+        out = np.empty((b - a, *array.shape[1:]), array.dtype)
+        if out.nbytes:
+            row_bytes = out.nbytes // (b - a)
+            got = os.preadv(self._file.fileno(), [memoryview(out).cast("B")], array.offset + a * row_bytes)
+            if got != out.nbytes:
+                raise OSError(f"{self.path}: read {got} of {out.nbytes} bytes of local features (file truncated?)")
+        return out
 
     def rows_of_session(self, session: str) -> np.ndarray:
         """int64 rows of one session, in time order."""
@@ -151,7 +179,14 @@ class SessionMap:
     @classmethod
     def load(cls, path: str | os.PathLike, expected_fingerprint: str | None = None, expected_dim: int | None = None) -> SessionMap:
         """Read a map; never writes. Raises FileNotFoundError, or ValueError for a corrupt file,
-        another schema version, or a fingerprint/dimension other than the expected one."""
+        another schema version, or a fingerprint/dimension other than the expected one.
+
+        The local feature arrays (``keypoints``, ``feature_descriptors``, ``keypoint_depths``) are
+        read-only :class:`numpy.memmap` views of the file (read into memory instead when a member
+        is compressed or empty): resident memory does not grow with them, and :meth:`features`
+        reads only the keyframes asked for. The maps are replaced atomically (a new inode), so a
+        mapping keeps seeing the file as it was loaded.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"session map {path} does not exist")
@@ -161,11 +196,18 @@ class SessionMap:
         if magic != b"PK\x03\x04":
             raise ValueError(f"{path} is not a clino-vpr session map: not a .npz (zip) file "
                              f"(starts with {magic!r}); the file was left untouched")
+        # one open file for every read, kept by the map for its features: a map replaced on disk
+        # meanwhile (atomically: a new inode) cannot mix two files' arrays
+        file = open(path, "rb")  # noqa: SIM115 - lives with the map, or closed below
         try:
-            with np.load(path, allow_pickle=False) as z:
-                raw = {name: z[name] for name in (*_ARRAYS, "header")}
+            with zipfile.ZipFile(file) as zf:
+                raw = {name: _memmap_member(file, zf, name) for name in _MAPPED}
+            file.seek(0)  # np.load reads from the current position
+            with np.load(file, allow_pickle=False) as z:
+                raw = {name: z[name] if raw.get(name) is None else raw[name] for name in (*_ARRAYS, "header")}
             header = json.loads(bytes(raw.pop("header")).decode("utf-8"))
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as e:
+            file.close()
             raise ValueError(
                 f"{path} is not a readable clino-vpr session map ({type(e).__name__}: {e}); "
                 "the file was left untouched: restore a backup or delete it to start a new map"
@@ -174,7 +216,10 @@ class SessionMap:
             raise ValueError(f"{path} is an .npz file but not a clino-vpr session map (no {FORMAT_NAME!r} header)")
         if header.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"{path} has map schema version {header.get('schema_version')}; this version reads {SCHEMA_VERSION}")
-        smap = cls(header=header, path=path, **raw)
+        if not any(isinstance(raw[name], np.memmap) for name in _MAPPED):
+            file.close()
+            file = None
+        smap = cls(header=header, path=path, _file=file, **raw)
         try:
             smap.validate()
         except ValueError as e:
@@ -208,6 +253,43 @@ class SessionMap:
             raise ValueError("descriptors contain NaN or Inf")
 
 
+def _memmap_member(f: BinaryIO, zf: zipfile.ZipFile, name: str) -> np.memmap | None:
+    """Read-only memmap of the ``name.npy`` member of an uncompressed ``.npz`` (what np.savez writes),
+    or None when it cannot be mapped (compressed, empty, object dtype): the caller reads it instead."""
+    try:
+        info = zf.getinfo(f"{name}.npy")
+    except KeyError:
+        return None
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    f.seek(info.header_offset)
+    local = f.read(30)  # zip local file header: its name and extra field lengths vary
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        return None
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    f.seek(start)
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(f)
+    offset = f.tell()
+    count = int(np.prod(shape, dtype=np.int64))
+    if dtype.hasobject or count == 0 or offset - start + count * dtype.itemsize != info.file_size:
+        return None
+    # the CRC check np.load does while reading: a damaged map is refused, not mapped (chunked
+    # file reads, so checking costs I/O but no resident memory)
+    f.seek(start)
+    crc, left, buf = 0, info.file_size, bytearray(1 << 20)  # one small reused buffer
+    while left:
+        got = f.readinto(memoryview(buf)[:min(left, len(buf))])
+        if not got:
+            raise EOFError(f"{name}.npy is truncated")
+        crc, left = zlib.crc32(memoryview(buf)[:got], crc), left - got
+    if crc != info.CRC:
+        raise zipfile.BadZipFile(f"bad CRC-32 for {name}.npy")
+    return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
 def check_compatible(smap: SessionMap, expected_fingerprint: str | None, expected_dim: int | None, where: str) -> None:
     """Refuse a map produced by another encoder (descriptors of different models are not comparable)."""
     if expected_dim is not None and smap.descriptor_dim != expected_dim:
@@ -222,47 +304,120 @@ def check_compatible(smap: SessionMap, expected_fingerprint: str | None, expecte
         )
 
 
+class _Spool:
+    """An append-only array of fixed-shape rows in an anonymous temporary file.
+
+    Rows are written straight to the file (nothing kept in RAM) and read back with ``pread`` or a
+    read-only memmap of the rows written so far (appends never change earlier rows, so such a
+    view is a consistent snapshot). The file is unlinked at creation (``tempfile.TemporaryFile``),
+    so it disappears when closed or when the process dies: it is a cache, the map is what survives.
+    """
+
+    def __init__(self, dtype: np.dtype | type, row_shape: tuple[int, ...], directory: str | None) -> None:
+        self.dtype, self.row_shape = np.dtype(dtype), tuple(row_shape)
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        self._file = tempfile.TemporaryFile(prefix="clino_vpr_spool_", dir=directory)
+        self.rows = 0
+
+    def write(self, at: int, values: np.ndarray) -> None:
+        """Write rows ``values`` (k, *row_shape) (cast to the spool's dtype) from row ``at`` on; the
+        spool then ends there. ``at`` comes from the caller's committed count, so rows left by a
+        write that failed half-way are overwritten, never counted."""
+        data = memoryview(np.ascontiguousarray(values, self.dtype).reshape(-1, *self.row_shape)).cast("B")
+        offset, fd = at * self.row_bytes, self._file.fileno()
+        while len(data):  # a regular file writes all at once; loop anyway, as os.pwrite may not
+            done = os.pwrite(fd, data, offset)
+            data, offset = data[done:], offset + done
+        self.rows = offset // self.row_bytes
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) as a new in-memory array."""
+        out = np.empty((b - a, *self.row_shape), self.dtype)
+        if b > a:
+            got = os.preadv(self._file.fileno(), [memoryview(out).cast("B")], a * self.row_bytes)
+            if got != out.nbytes:
+                raise OSError(f"spool file truncated: read {got} of {out.nbytes} bytes")
+        return out
+
+    def view(self, rows: int) -> np.ndarray:
+        """Read-only memmap of the first ``rows`` rows (an empty in-memory array when 0)."""
+        if rows == 0:
+            return np.zeros((0, *self.row_shape), self.dtype)
+        return np.memmap(self._file, dtype=self.dtype, mode="r", shape=(rows, *self.row_shape))
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class SessionMapBuilder:
-    """Grows a live session's keyframes one at a time (amortised O(1)) and snapshots a :class:`SessionMap`."""
+    """Grows a live session's keyframes one at a time (amortised O(1)) and snapshots a :class:`SessionMap`.
+
+    Global descriptors and local features (together ~35-70 kB per keyframe with SIFT) go to
+    append-only spool files on disk (:class:`_Spool`, in ``spool_dir``, default: the system temp
+    directory, ``$TMPDIR``), so resident memory per keyframe is only its id, stamp, pose,
+    intrinsics and offsets (a few hundred bytes); :meth:`features` and :meth:`descriptor` read
+    back one keyframe. The spools are deleted when the builder is closed or garbage-collected.
+    """
 
     def __init__(self, session_id: str, fingerprint: str, descriptor_dim: int, frame_id: str = "odom",
-                 feature: str = "orb", base_T_camera: np.ndarray | None = None) -> None:
+                 feature: str = "orb", base_T_camera: np.ndarray | None = None, spool_dir: str | None = None) -> None:
         self.header = {
             "fingerprint": fingerprint, "descriptor_dim": int(descriptor_dim), "frame_id": frame_id,
             "feature": feature, "created_unix": time.time(),
             "sessions": [{"id": session_id, "base_T_camera": None if base_T_camera is None else np.asarray(base_T_camera, float).tolist()}],
         }
         self.descriptor_dim = descriptor_dim
-        self._desc = np.empty((0, descriptor_dim), np.float32)
+        self._width = feature_width(feature)
         self._rows: list[tuple[int, float, np.ndarray, np.ndarray, tuple[int, int]]] = []
-        self._features: list[LocalFeatures | None] = []
+        self._offsets = [0]  # keyframe i owns spooled features [off[i], off[i+1])
+        self._desc = _Spool(np.float32, (descriptor_dim,), spool_dir)
+        self._keypoints = _Spool(np.float32, (2,), spool_dir)
+        self._feature_desc = _Spool(np.uint8, (self._width,), spool_dir)
+        self._depths = _Spool(np.float32, (), spool_dir)
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def append(self, kf_id: int, stamp: float, descriptor: np.ndarray, pose: np.ndarray | None,
                K: np.ndarray | None, features: LocalFeatures | None) -> int:
-        """Add one keyframe; returns its row."""
+        """Add one keyframe; returns its row. ValueError (nothing added) for features of another width."""
+        if features is not None and len(features) and np.shape(features.descriptors)[1:] != (self._width,):
+            raise ValueError(f"local feature descriptors are {np.shape(features.descriptors)}, this map holds "
+                             f"{self.header['feature']} ({self._width} bytes each)")
+        if features is not None and not len(features) == len(features.descriptors) == len(features.depths):
+            raise ValueError(f"local features disagree: {len(features)} keypoints, {len(features.descriptors)} "
+                             f"descriptors, {len(features.depths)} depths")
         n = len(self._rows)
-        if n == len(self._desc):
-            self._desc = np.resize(self._desc, (max(64, 2 * n), self.descriptor_dim))
-        self._desc[n] = descriptor
+        self._desc.write(n, np.asarray(descriptor, np.float32).reshape(1, self.descriptor_dim))
         nan4, nan3 = np.full((4, 4), np.nan), np.full((3, 3), np.nan)
         size = features.image_size if features is not None else (0, 0)
+        at = end = self._offsets[-1]
+        if features is not None and len(features):
+            for spool, values in ((self._keypoints, features.keypoints), (self._feature_desc, features.descriptors),
+                                  (self._depths, features.depths)):
+                spool.write(at, values)
+            end = at + len(features)
+        self._offsets.append(end)  # committed: rows and offsets grow only once every write is done
         self._rows.append((int(kf_id), float(stamp), nan4 if pose is None else np.asarray(pose, float),
-                           nan3 if K is None else np.asarray(K, float), size))
-        self._features.append(features)
+                           nan3 if K is None else np.asarray(K, float), (int(size[0]), int(size[1]))))
         return n
 
     def descriptor(self, row: int) -> np.ndarray:
-        return self._desc[row]
+        """float32 (D,) global descriptor of one row (read from the spool)."""
+        return self._desc.read(row, row + 1)[0]
 
     def descriptors_upto(self, n: int) -> np.ndarray:
-        """float32 (n,D) view of the first ``n`` rows' descriptors (no copy; valid until the next append)."""
-        return self._desc[:n]
+        """float32 (n,D) read-only memmap of the first ``n`` rows' descriptors (no copy, no resident
+        growth: file pages the kernel can reclaim; later appends do not change it)."""
+        return self._desc.view(n)
 
     def features(self, row: int) -> LocalFeatures | None:
-        return self._features[row]
+        """Local features of one row (read from the spool), or None when it had no image."""
+        h, w = self._rows[row][4]
+        if h == 0:
+            return None
+        a, b = self._offsets[row], self._offsets[row + 1]
+        return LocalFeatures(self._keypoints.read(a, b), self._feature_desc.read(a, b), self._depths.read(a, b), (h, w))
 
     def row_info(self, row: int) -> tuple[int, float, np.ndarray | None, np.ndarray | None]:
         """(id, stamp, pose or None, K or None) of one row."""
@@ -270,28 +425,34 @@ class SessionMapBuilder:
         return kf_id, stamp, None if np.isnan(pose).any() else pose, None if np.isnan(K).any() else K
 
     def snapshot(self) -> SessionMap:
-        """A consistent :class:`SessionMap` of everything appended so far (copies the arrays)."""
-        n = len(self._rows)
-        feats = self._features
-        counts = [0 if f is None else len(f) for f in feats]
-        offsets = np.zeros(n + 1, np.int64)
-        offsets[1:] = np.cumsum(counts)
-        present = [f for f in feats if f is not None and len(f)]
-        width = feature_width(self.header["feature"])
+        """A consistent :class:`SessionMap` of everything appended so far.
+
+        The small arrays are copies; descriptors and local features are read-only memmaps of the
+        spools (later appends do not change them), so saving streams them to the map file
+        without gathering them in RAM.
+        """
+        rows = self._rows[:]  # the first n rows: an append racing with this stays out of the snapshot
+        n = len(rows)
+        offsets = np.asarray(self._offsets[: n + 1], np.int64)
         return SessionMap(
             header=dict(self.header),
-            ids=np.array([r[0] for r in self._rows], np.int64),
-            stamps=np.array([r[1] for r in self._rows], np.float64),
-            poses=np.array([r[2] for r in self._rows], np.float64).reshape(n, 4, 4),
-            descriptors=self._desc[:n].copy(),
+            ids=np.array([r[0] for r in rows], np.int64),
+            stamps=np.array([r[1] for r in rows], np.float64),
+            poses=np.array([r[2] for r in rows], np.float64).reshape(n, 4, 4),
+            descriptors=self._desc.view(n),
             session_index=np.zeros(n, np.int32),
-            intrinsics=np.array([r[3] for r in self._rows], np.float64).reshape(n, 3, 3),
-            image_sizes=np.array([r[4] for r in self._rows], np.int32).reshape(n, 2),
+            intrinsics=np.array([r[3] for r in rows], np.float64).reshape(n, 3, 3),
+            image_sizes=np.array([r[4] for r in rows], np.int32).reshape(n, 2),
             feature_offsets=offsets,
-            keypoints=np.concatenate([f.keypoints for f in present]) if present else np.zeros((0, 2), np.float32),
-            feature_descriptors=np.concatenate([f.descriptors for f in present]) if present else np.zeros((0, width), np.uint8),
-            keypoint_depths=np.concatenate([f.depths for f in present]) if present else np.zeros(0, np.float32),
+            keypoints=self._keypoints.view(int(offsets[-1])),
+            feature_descriptors=self._feature_desc.view(int(offsets[-1])),
+            keypoint_depths=self._depths.view(int(offsets[-1])),
         )
+
+    def close(self) -> None:
+        """Delete the spool files (snapshots taken before stay readable: they map the unlinked files)."""
+        for spool in (self._desc, self._keypoints, self._feature_desc, self._depths):
+            spool.close()
 
 
 def describe_map_file(path: Path) -> str:

@@ -15,7 +15,7 @@ import pytest
 from _engine_scene import BASE_T_CAMERA, Room, base_pose
 from clino_vpr_ros.engine import EngineConfig, LoopClosureEngine
 from clino_vpr_ros.session_map import SessionMap, SessionMapBuilder
-from clino_vpr_ros.verify import VerifyConfig, extract_features, to_gray
+from clino_vpr_ros.verify import LocalFeatures, VerifyConfig, extract_features, to_gray
 
 pytestmark = pytest.mark.runtime  # also run on the Humble-pinned versions (scripts/test_humble.sh)
 
@@ -152,3 +152,69 @@ def test_sigkill_during_a_save_leaves_the_previous_map_loadable(tmp_path: Path) 
     engine.save_map(path, overwrite=True)
     assert len(SessionMap.load(path)) == 0
     os.remove(partial[0])
+
+
+def _random_features(rng: np.random.Generator, n: int, width: int = 128) -> LocalFeatures:
+    depths = rng.uniform(0.5, 9.0, n).astype(np.float32)
+    depths[::3] = np.nan
+    return LocalFeatures(rng.uniform(0, 640, (n, 2)).astype(np.float32),
+                         rng.integers(0, 256, (n, width), dtype=np.uint8), depths, (480, 640))
+
+
+def _same_features(a: LocalFeatures | None, b: LocalFeatures | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.image_size == b.image_size and np.array_equal(a.keypoints, b.keypoints)
+            and np.array_equal(a.descriptors, b.descriptors) and np.array_equal(a.depths, b.depths, equal_nan=True))
+
+
+def test_loaded_map_keeps_local_features_on_disk_and_answers_as_before(tmp_path: Path) -> None:
+    smap = _small_map(n=7)
+    path = smap.save(tmp_path / "m.npz")
+    back = SessionMap.load(path)
+    for name in ("keypoints", "feature_descriptors", "keypoint_depths"):  # memory-mapped, not read
+        assert isinstance(getattr(back, name), np.memmap), name
+        np.testing.assert_array_equal(getattr(back, name), getattr(smap, name))
+    for row in range(len(smap)):
+        got = back.features(row)
+        assert _same_features(got, smap.features(row)), row
+        if got is not None:  # the verifier gets ordinary arrays, not views of the file
+            assert not isinstance(got.keypoints, np.memmap) and got.descriptors.flags.writeable
+    # a map written compressed (by hand, or another tool) still loads, read into memory
+    with np.load(path, allow_pickle=False) as z:
+        np.savez_compressed(tmp_path / "c.npz", **{k: z[k] for k in z.files})
+    comp = SessionMap.load(tmp_path / "c.npz")
+    assert not isinstance(comp.keypoints, np.memmap)
+    assert all(_same_features(comp.features(r), smap.features(r)) for r in range(len(smap)))
+
+
+def test_live_session_spools_features_and_saves_a_map_that_loads_back_identically(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    b = SessionMapBuilder("live", "fp-a", 32, feature="sift", spool_dir=str(spool))
+    kept_desc, kept_feats = [], []
+    for i in range(400):
+        d = rng.standard_normal(32).astype(np.float32)
+        f = None if i % 7 == 3 else _random_features(rng, int(rng.integers(0, 300)))
+        b.append(i, float(i), d, base_pose(i, 0, 0), None, f)
+        kept_desc.append(d)
+        kept_feats.append(f)
+    with pytest.raises(ValueError, match="sift"):  # ORB features into a SIFT map: refused, nothing added
+        b.append(400, 400.0, kept_desc[0], None, None, _random_features(rng, 5, width=32))
+    assert len(b) == 400
+    for row in (0, 1, 3, 199, 399):
+        assert _same_features(b.features(row), kept_feats[row]), row
+        np.testing.assert_array_equal(b.descriptor(row), kept_desc[row])
+
+    snap = b.snapshot()
+    assert isinstance(snap.keypoints, np.memmap)  # streamed from the spool, not gathered in RAM
+    b.append(400, 400.0, kept_desc[0], None, None, _random_features(rng, 50))  # does not change the snapshot
+    assert len(snap) == 400 and len(snap.keypoints) == snap.feature_offsets[-1]
+    path = snap.save(tmp_path / "live.npz")
+    back = SessionMap.load(path, expected_fingerprint="fp-a", expected_dim=32)
+    np.testing.assert_array_equal(back.descriptors, np.stack(kept_desc))
+    assert all(_same_features(back.features(r), kept_feats[r]) for r in range(400))
+    b.close()
+    assert list(spool.iterdir()) == []  # the spool leaves nothing behind
+    assert _same_features(snap.features(10), kept_feats[10])  # a snapshot taken before stays readable

@@ -191,6 +191,66 @@ def bench_map_io(n: int, dim: int, seed: int) -> tuple[float, float, int]:
         return t1 - t0, t2 - t1, os.path.getsize(path)
 
 
+def _rss_bytes() -> int:
+    """Resident memory of this process (VmRSS of /proc/self/status), bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+
+
+def _settle() -> int:
+    """Resident bytes after collecting garbage and returning freed heap to the OS (glibc), so
+    memory freed by an earlier step is not counted as a later step's saving."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: measure as is
+        pass
+    return _rss_bytes()
+
+
+def bench_map_memory(n: int, dim: int, n_features: int, seed: int) -> dict[str, float]:
+    """Resident memory per keyframe of session maps with SIFT local features (bytes):
+
+    ``live``: growth while a live session (:class:`SessionMapBuilder`) takes ``n`` keyframes of
+    ``n_features`` features each; ``loaded``: growth from loading the saved map, minus its global
+    descriptors (those go into the keyframe index; the index is measured by the table above),
+    after reading the local features of 100 keyframes as verification does.
+    """
+    from clino_vpr_ros.session_map import SessionMap
+    from clino_vpr_ros.verify import LocalFeatures
+
+    rng = np.random.default_rng(seed)
+    pool = LocalFeatures(rng.uniform(0, 640, (n_features, 2)).astype(np.float32),
+                         rng.integers(0, 256, (n_features, 128), dtype=np.uint8),
+                         rng.uniform(0.5, 9.0, n_features).astype(np.float32), (480, 640))
+    desc = _unit(rng, 1, dim)[0]
+    pose = np.eye(4)
+    out: dict[str, float] = {"feature_bytes": n_features * (8 + 128 + 4)}
+    with tempfile.TemporaryDirectory() as tmp:
+        before = _settle()
+        builder = SessionMapBuilder("bench", "bench-fingerprint", dim, feature="sift")
+        for i in tqdm(range(n), desc=f"live session {n:,d} keyframes + features", unit="kf", leave=False, mininterval=1.0):
+            feats = LocalFeatures(pool.keypoints.copy(), pool.descriptors.copy(), pool.depths.copy(), pool.image_size)
+            builder.append(i, float(i), desc, pose, None, feats)  # new arrays per keyframe, as extraction makes
+        out["live"] = (_settle() - before) / n
+        path = builder.snapshot().save(Path(tmp) / "bench_features.npz")
+        builder.close()
+        del builder
+        before = _settle()
+        smap = SessionMap.load(path, expected_fingerprint="bench-fingerprint", expected_dim=dim)
+        for row in rng.choice(n, size=min(100, n), replace=False):
+            assert len(smap.features(int(row))) == n_features
+        out["loaded"] = (_settle() - before - smap.descriptors.nbytes) / n
+        out["file_bytes"] = os.path.getsize(path) / n
+        del smap
+    return out
+
+
 def format_table(rows: list[Row]) -> str:
     head = f"{'index':<11} {'keyframes':>10} {'insert ms':>10} {'query p50 ms':>13} {'query p99 ms':>13} {'recall@1':>9} {'B/keyframe':>11} {'build s':>8}"
     lines = [head, "-" * len(head)]
@@ -207,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", default=["flat", "hnsw"], choices=["flat", "hnsw"])
     parser.add_argument("--queries", type=int, default=200, help="queries per size")
     parser.add_argument("--map-size", type=int, default=100_000, help="keyframes in the save/load test (0: skip)")
+    parser.add_argument("--memory-size", type=int, default=3000,
+                        help="keyframes (with SIFT local features) in the resident-memory test (0: skip)")
+    parser.add_argument("--memory-features", type=int, default=450, help="SIFT features per keyframe in that test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ef", type=int, nargs="*", default=[], help="also query HNSW at these fixed efSearch values")
     args = parser.parse_args(argv)
@@ -231,5 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         save_s, load_s, nbytes = bench_map_io(args.map_size, args.dim, args.seed)
         print(f"\nsession map, {args.map_size:,d} keyframes (descriptors + poses): save {save_s:.2f} s, "
               f"load {load_s:.2f} s, {nbytes / 1e6:.1f} MB ({nbytes / args.map_size:.0f} B/keyframe)")
+    if args.memory_size > 0:
+        m = bench_map_memory(args.memory_size, args.dim, args.memory_features, args.seed)
+        print(f"\nsession map memory, {args.memory_size:,d} keyframes x {args.memory_features} SIFT features "
+              f"({m['feature_bytes'] / 1e3:.0f} kB/keyframe, file {m['file_bytes'] / 1e3:.0f} kB/keyframe): resident "
+              f"memory beyond the index per 1000 keyframes: live session {m['live'] * 1000 / 2**20:.2f} MiB "
+              f"({m['live'] / 1e3:.2f} kB/keyframe), loaded prior map {m['loaded'] * 1000 / 2**20:.2f} MiB "
+              f"({m['loaded'] / 1e3:.2f} kB/keyframe, features of 100 keyframes read)")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
