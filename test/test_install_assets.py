@@ -50,11 +50,26 @@ def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "install", "log", "out", "runs",
                                                              "*.egg-info", "__pycache__", ".pytest_cache"))
     prefix = tmp_path_factory.mktemp("install")
+    before = _installed_here(src.parent)
+    # --ignore-installed: without it pip "upgrades" the package by uninstalling the development
+    # install from the running environment first (console scripts included), although --prefix
+    # points elsewhere
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--no-warn-script-location", "--prefix", str(prefix), str(src)],
+                           "--ignore-installed", "--no-warn-script-location", "--prefix", str(prefix), str(src)],
                           capture_output=True, text=True, timeout=600, cwd=src.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _installed_here(src.parent) == before, "installing into a prefix changed the running environment's install"
     return prefix
+
+
+def _installed_here(cwd: Path) -> str:
+    """The clino_vpr_ros distribution of the running environment (location + console scripts), as pip sees it."""
+    probe = ("import importlib.metadata as m\n"
+             "try:\n d = m.distribution('clino_vpr_ros'); print(d.version, sorted(e.name for e in d.entry_points))\n"
+             "except m.PackageNotFoundError: print('absent')")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=cwd,
+                          env=env).stdout.strip()
 
 
 def test_installed_package_finds_its_files_through_the_ament_index(prefix: Path, tmp_path: Path) -> None:
