@@ -9,7 +9,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-if ! python -c "import clino_vpr_ros, torch, rclpy, faiss, gtsam, onnxruntime, pymilvus, milvus" >/dev/null 2>&1; then
+# the package itself is checked as installed (its console scripts), not just importable from this folder
+if [ ! -x .venv/bin/clino-vpr ] || ! python -c "import torch, rclpy, faiss, gtsam, onnxruntime, pymilvus, milvus" >/dev/null 2>&1; then
   echo "setup: installing dependencies (first time: a few minutes)"
   python -m pip install --quiet --upgrade pip
   # torch first: this pin resolves to the machine's local CPU build (no CUDA wheels); on a GPU

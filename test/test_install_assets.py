@@ -63,7 +63,7 @@ def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _installed_here(cwd: Path) -> str:
-    """The clino_vpr_ros distribution of the running environment (location + console scripts), as pip sees it."""
+    """The clino_vpr_ros distribution of the running environment (version and entry points), as pip sees it."""
     probe = ("import importlib.metadata as m\n"
              "try:\n d = m.distribution('clino_vpr_ros'); print(d.version, sorted(e.name for e in d.entry_points))\n"
              "except m.PackageNotFoundError: print('absent')")
