@@ -20,6 +20,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from clino_vpr_ros.sequence import SequenceConfig, best_match, sequence_scores, 
 from clino_vpr_ros.session_map import MapWriter, SessionMap, SessionMapBuilder, check_compatible
 from clino_vpr_ros.triangulate import Neighbour, TriangulationConfig, camera_motion, with_triangulated_depths
 from clino_vpr_ros.verify import LocalFeatures, Verification, VerifyConfig, extract_features, to_gray, verify_pair
+
+if TYPE_CHECKING:  # the fleet module is imported only where a fleet_uri is configured
+    from clino_vpr_ros.fleet import FleetHit, FleetLink
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +271,8 @@ class LoopClosureEngine:
         self.session_id = session_id
         self.base_T_camera = base_T_camera
         self._priors: list[_Prior] = []
-        self._fleet = None  # clino_vpr_ros.fleet.FleetLink when a fleet_uri is configured
-        self._fleet_hits: dict[tuple[str, int], object] = {}
+        self._fleet: FleetLink | None = None  # set when a fleet_uri is configured
+        self._fleet_hits: dict[tuple[str, int], FleetHit] = {}
         # one MapWriter per path, kept across reset(): this run may replace only what it wrote itself
         self._writers: dict[str, MapWriter] = {}
         if cfg.autosave_path:  # claim it now: an existing map there refuses the start, not the first save
@@ -316,14 +320,15 @@ class LoopClosureEngine:
         self._priors.append(_Prior(smap, index, _prior_track(smap)))
         log.info("prior map %s: %d keyframes of sessions %s", smap.path or "(memory)", len(smap), smap.session_ids)
 
-    def attach_fleet(self, link) -> None:
+    def attach_fleet(self, link: FleetLink) -> None:
         """Also write this session's keyframes to a fleet index and query it (a
         :class:`clino_vpr_ros.fleet.FleetLink`; its writer thread is started here)."""
         self._fleet = link
         link.start()
 
     @property
-    def fleet(self):
+    def fleet(self) -> FleetLink | None:
+        """The attached fleet link, or None (single robot, local index only)."""
         return self._fleet
 
     def snapshot(self) -> SessionMap:
