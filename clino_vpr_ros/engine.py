@@ -627,7 +627,13 @@ class LoopClosureEngine:
         return pnp if agree else plain
 
     def _neighbour_views(self, c: Candidate, k: int) -> list[tuple[LocalFeatures | None, np.ndarray | None, np.ndarray | None]]:
-        """(features, K, pose) of up to ``k`` keyframes on each side of the match, same session."""
+        """(features, K, pose) of up to ``k`` keyframes on each side of the match, same session.
+
+        Nothing for a fleet hit: its row is in another robot's map, whose neighbours are not fetched
+        (only the verified keyframe's own features are read from its session map), so
+        such a closure is metric only with depth."""
+        if c.source == FLEET_SOURCE:
+            return []
         if c.source < 0:
             rows = [r for d in range(1, k + 1) for r in (c.match_seq - d, c.match_seq + d) if 0 <= r < len(self._live)]
             return [(self._live.features(r), self._live.row_info(r)[3], self._live.row_info(r)[2]) for r in rows]

@@ -94,13 +94,14 @@ def _room_engine(session: str, fleet: FleetLink | None, tmp_path) -> LoopClosure
     return engine
 
 
-def _lap(engine: LoopClosureEngine, room: Room, t0: float, offset: float, n: int = 24) -> tuple[list, dict]:
+def _lap(engine: LoopClosureEngine, room: Room, t0: float, offset: float, n: int = 24, depth: bool = True
+         ) -> tuple[list, dict]:
     closures, poses = [], {}
     for i in range(n):
         a = 2 * np.pi * i / n
         world_T_base = base_pose(4 * np.cos(a) + offset, 4 * np.sin(a), np.degrees(a) + 90)
-        rgb, depth = room.render(world_T_base)
-        r = engine.process(FrameInput(t0 + i, thumbnail_descriptor(rgb), rgb, room.K, world_T_base, depth))
+        rgb, d = room.render(world_T_base)
+        r = engine.process(FrameInput(t0 + i, thumbnail_descriptor(rgb), rgb, room.K, world_T_base, d if depth else None))
         poses[r.keyframe_id] = world_T_base
         closures += r.closures
     return closures, poses
@@ -137,6 +138,33 @@ def test_a_robot_gets_verified_closures_from_another_robots_keyframes_in_the_fle
         truth = np.linalg.inv(poses_b[c.query_id]) @ poses_a[c.match_id]
         assert np.linalg.norm(c.T_query_match[:3, 3] - truth[:3, 3]) < 0.3
     assert link_b.diagnostics()["fleet_online"] == "true"
+
+
+def test_rgb_only_fleet_closures_get_no_metric_translation_made_up_from_the_wrong_neighbours(milvus_server, tmp_path
+                                                                                            ) -> None:
+    """A fleet hit's row lives in another robot's map: the live session's keyframes at that row
+    number are not its neighbours, so nothing may be triangulated from them."""
+    room = Room(3, width=320, height_px=240)
+    cfg = FleetConfig(uri=milvus_server.uri, collection=_collection(), robot_id="r1", timeout_s=10)
+    map_a = tmp_path / "robot_a.npz"
+    link_a = FleetLink(cfg, "thumb", 192, "a-rgb", map_a)
+    engine_a = _room_engine("a-rgb", link_a, tmp_path)
+    _, poses_a = _lap(engine_a, room, 0.0, 0.0, depth=False)
+    engine_a.save_map(map_a)
+    _wait(lambda: link_a.state.online and link_a.state.pending == 0, "robot A's keyframes in the fleet")
+    link_a.stop()
+    link_b = FleetLink(FleetConfig(uri=cfg.uri, collection=cfg.collection, robot_id="r2", timeout_s=10), "thumb", 192,
+                       "b-rgb", tmp_path / "robot_b.npz")
+    engine_b = _room_engine("b-rgb", link_b, tmp_path)
+    _wait(lambda: link_b.state.online, "robot B connected")
+    closures, poses_b = _lap(engine_b, room, 1000.0, 0.15, depth=False)
+    link_b.stop()
+    fleet_closures = [c for c in closures if c.match_session == "a-rgb"]
+    assert fleet_closures, engine_b.stats()
+    for c in fleet_closures:
+        assert c.verified and not c.metric, "a fleet closure without depth must stay direction-only"
+        truth = np.linalg.inv(poses_b[c.query_id]) @ poses_a[c.match_id]
+        assert np.degrees(np.arccos(np.clip((np.trace(c.T_query_match[:3, :3].T @ truth[:3, :3]) - 1) / 2, -1, 1))) < 3.0
 
 
 def test_outage_keeps_the_robot_working_and_every_keyframe_arrives_after_the_server_returns(milvus_server, tmp_path) -> None:
