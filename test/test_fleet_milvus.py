@@ -115,23 +115,30 @@ def _wait(condition, what: str, deadline_s: float = 300.0) -> None:
         time.sleep(0.1)
 
 
-def test_a_robot_gets_verified_closures_from_another_robots_keyframes_in_the_fleet(milvus_server, tmp_path) -> None:
+def _robot_b_after_robot_a(uri: str, tmp_path, tag: str, depth: bool) -> tuple[list, dict, dict, FleetLink]:
+    """Robot A maps the room and its keyframes go to the fleet (its map on "shared storage"); then
+    robot B drives it 15 cm to the side: (B's closures, A's poses, B's poses, B's stopped link)."""
     room = Room(3, width=320, height_px=240)
-    cfg = FleetConfig(uri=milvus_server.uri, collection=_collection(), robot_id="r1", timeout_s=10)
-    map_a = tmp_path / "robot_a.npz"
-    link_a = FleetLink(cfg, "thumb", 192, "a-day1", map_a)
-    engine_a = _room_engine("a-day1", link_a, tmp_path)
-    _, poses_a = _lap(engine_a, room, 0.0, 0.0)
-    engine_a.save_map(map_a)  # the features the fleet points to, on "shared storage"
+    cfg = FleetConfig(uri=uri, collection=_collection(), robot_id="r1", timeout_s=10)
+    map_a = tmp_path / f"robot_a_{tag}.npz"
+    link_a = FleetLink(cfg, "thumb", 192, f"a-{tag}", map_a)
+    engine_a = _room_engine(f"a-{tag}", link_a, tmp_path)
+    _, poses_a = _lap(engine_a, room, 0.0, 0.0, depth=depth)
+    engine_a.save_map(map_a)  # the features the fleet points to
     _wait(lambda: link_a.state.online and link_a.state.pending == 0, "robot A's keyframes in the fleet")
     link_a.stop()
-    link_b = FleetLink(FleetConfig(uri=cfg.uri, collection=cfg.collection, robot_id="r2", timeout_s=10), "thumb", 192,
-                       "b-day1", tmp_path / "robot_b.npz")
-    engine_b = _room_engine("b-day1", link_b, tmp_path)
+    link_b = FleetLink(FleetConfig(uri=uri, collection=cfg.collection, robot_id="r2", timeout_s=10), "thumb", 192,
+                       f"b-{tag}", tmp_path / f"robot_b_{tag}.npz")
+    engine_b = _room_engine(f"b-{tag}", link_b, tmp_path)
     _wait(lambda: link_b.state.online, "robot B connected")
-    closures, poses_b = _lap(engine_b, room, 1000.0, 0.15)
+    closures, poses_b = _lap(engine_b, room, 1000.0, 0.15, depth=depth)
     link_b.stop()
     assert closures, engine_b.stats()
+    return closures, poses_a, poses_b, link_b
+
+
+def test_a_robot_gets_verified_closures_from_another_robots_keyframes_in_the_fleet(milvus_server, tmp_path) -> None:
+    closures, poses_a, poses_b, link_b = _robot_b_after_robot_a(milvus_server.uri, tmp_path, "day1", depth=True)
     for c in closures:
         assert c.match_session == "a-day1" and c.query_session == "b-day1" and c.inter_session
         assert c.verified and c.metric
@@ -144,23 +151,9 @@ def test_rgb_only_fleet_closures_get_no_metric_translation_made_up_from_the_wron
                                                                                             ) -> None:
     """A fleet hit's row lives in another robot's map: the live session's keyframes at that row
     number are not its neighbours, so nothing may be triangulated from them."""
-    room = Room(3, width=320, height_px=240)
-    cfg = FleetConfig(uri=milvus_server.uri, collection=_collection(), robot_id="r1", timeout_s=10)
-    map_a = tmp_path / "robot_a.npz"
-    link_a = FleetLink(cfg, "thumb", 192, "a-rgb", map_a)
-    engine_a = _room_engine("a-rgb", link_a, tmp_path)
-    _, poses_a = _lap(engine_a, room, 0.0, 0.0, depth=False)
-    engine_a.save_map(map_a)
-    _wait(lambda: link_a.state.online and link_a.state.pending == 0, "robot A's keyframes in the fleet")
-    link_a.stop()
-    link_b = FleetLink(FleetConfig(uri=cfg.uri, collection=cfg.collection, robot_id="r2", timeout_s=10), "thumb", 192,
-                       "b-rgb", tmp_path / "robot_b.npz")
-    engine_b = _room_engine("b-rgb", link_b, tmp_path)
-    _wait(lambda: link_b.state.online, "robot B connected")
-    closures, poses_b = _lap(engine_b, room, 1000.0, 0.15, depth=False)
-    link_b.stop()
+    closures, poses_a, poses_b, _ = _robot_b_after_robot_a(milvus_server.uri, tmp_path, "rgb", depth=False)
     fleet_closures = [c for c in closures if c.match_session == "a-rgb"]
-    assert fleet_closures, engine_b.stats()
+    assert fleet_closures
     for c in fleet_closures:
         assert c.verified and not c.metric, "a fleet closure without depth must stay direction-only"
         truth = np.linalg.inv(poses_b[c.query_id]) @ poses_a[c.match_id]
