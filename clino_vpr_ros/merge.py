@@ -42,12 +42,12 @@ from tqdm import tqdm
 from clino_vpr_ros.atomic import atomic_write
 from clino_vpr_ros.engine import ENGINE_PRESETS, EngineConfig, LoopClosure, LoopClosureEngine
 from clino_vpr_ros.keyframes import rotation_angle_deg
+from clino_vpr_ros.pose_graph import add_odometry_chain, closure_covariance, odometry_noise, robust
 from clino_vpr_ros.session_map import MapWriter, SessionMap
 
 log = logging.getLogger(__name__)
 
 ROBUST_KERNELS = ("gnc", "huber", "cauchy")
-_PERM = [3, 4, 5, 0, 1, 2]  # (x,y,z,roll,pitch,yaw) <-> gtsam's (rx,ry,rz,x,y,z)
 SCHEMA_VERSION = 1
 
 
@@ -180,11 +180,7 @@ def _initial_alignment(kf: _Keyframes, closures: list[LoopClosure], reference: s
 
 def _closure_noise(c: LoopClosure, cfg: MergeConfig) -> np.ndarray:
     """Closure covariance in gtsam's tangent order, floored."""
-    cov = np.asarray(c.covariance, dtype=np.float64)[np.ix_(_PERM, _PERM)].copy()
-    floor = np.array([math.radians(cfg.closure_min_sigma_r_deg)] * 3 + [cfg.closure_min_sigma_t_m] * 3) ** 2
-    d = np.maximum(np.diag(cov), floor)
-    cov = cov + np.diag(d - np.diag(cov))
-    return cov
+    return closure_covariance(c, cfg.closure_min_sigma_t_m, cfg.closure_min_sigma_r_deg)
 
 
 def _usable(c: LoopClosure, kf: _Keyframes, cfg: MergeConfig) -> bool:
@@ -218,24 +214,21 @@ def _why_unconnected(session: str, closures: Sequence[LoopClosure], reference: s
 def _build_graph(kf: _Keyframes, sessions: list[str], init: dict[str, np.ndarray], reference: str, cfg: MergeConfig
                  ) -> tuple[gtsam.NonlinearFactorGraph, gtsam.Values, list[int]]:
     graph, values = gtsam.NonlinearFactorGraph(), gtsam.Values()
-    odom_noise = gtsam.noiseModel.Diagonal.Sigmas(np.array([math.radians(cfg.odom_sigma_r_deg)] * 3 + [cfg.odom_sigma_t_m] * 3))
+    odom_noise = odometry_noise(cfg.odom_sigma_t_m, cfg.odom_sigma_r_deg)
     first = kf.by_session[reference][0]
     graph.add(gtsam.PriorFactorPose3(first, gtsam.Pose3(kf.pose[first]), gtsam.noiseModel.Isotropic.Sigma(6, 1e-6)))
     for s in sessions:
         idx = kf.by_session[s]
         for i in idx:
             values.insert(i, gtsam.Pose3(init[s] @ kf.pose[i]))
-        for a, b in zip(idx[:-1], idx[1:]):
-            graph.add(gtsam.BetweenFactorPose3(a, b, gtsam.Pose3(np.linalg.inv(kf.pose[a]) @ kf.pose[b]), odom_noise))
+        add_odometry_chain(graph, idx, [kf.pose[i] for i in idx], odom_noise)
     return graph, values, list(range(graph.size()))
 
 
 def _robust(noise: gtsam.noiseModel.Base, cfg: MergeConfig) -> gtsam.noiseModel.Base:
-    if cfg.robust == "huber":
-        return gtsam.noiseModel.Robust.Create(gtsam.noiseModel.mEstimator.Huber.Create(cfg.huber_k), noise)
-    if cfg.robust == "cauchy":
-        return gtsam.noiseModel.Robust.Create(gtsam.noiseModel.mEstimator.Cauchy.Create(cfg.cauchy_k), noise)
-    return noise
+    if cfg.robust == "gnc":  # GNC robustifies in the optimiser, not in the noise model
+        return noise
+    return robust(noise, cfg.robust, cfg.huber_k if cfg.robust == "huber" else cfg.cauchy_k)
 
 
 def _optimize(graph: gtsam.NonlinearFactorGraph, values: gtsam.Values, known: list[int], cfg: MergeConfig

@@ -15,7 +15,6 @@ odometry frames (no inter-session closure) show up as a large merged error.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,9 @@ import gtsam
 import numpy as np
 
 from clino_vpr_ros.engine import LoopClosure
+from clino_vpr_ros.pose_graph import add_odometry_chain, closure_covariance, odometry_noise, robust
 from clino_vpr_ros.session_map import SessionMap
 
-_PERM = [3, 4, 5, 0, 1, 2]  # (x,y,z,roll,pitch,yaw) -> gtsam's (rx,ry,rz,x,y,z)
 ROBUST_KERNELS = ("cauchy", "huber", "none")
 
 
@@ -98,15 +97,8 @@ def ate_rmse(est: np.ndarray, gt: np.ndarray) -> float:
 
 
 def _closure_noise(c: LoopClosure, cfg: TrajectoryConfig) -> gtsam.noiseModel.Base:
-    cov = np.asarray(c.covariance, np.float64)[np.ix_(_PERM, _PERM)].copy()
-    floor = np.array([math.radians(cfg.closure_min_sigma_r_deg)] * 3 + [cfg.closure_min_sigma_t_m] * 3) ** 2
-    cov += np.diag(np.maximum(np.diag(cov), floor) - np.diag(cov))
-    noise = gtsam.noiseModel.Gaussian.Covariance(cov)
-    if cfg.robust == "cauchy":
-        return gtsam.noiseModel.Robust.Create(gtsam.noiseModel.mEstimator.Cauchy.Create(cfg.kernel_k), noise)
-    if cfg.robust == "huber":
-        return gtsam.noiseModel.Robust.Create(gtsam.noiseModel.mEstimator.Huber.Create(cfg.kernel_k), noise)
-    return noise
+    cov = closure_covariance(c, cfg.closure_min_sigma_t_m, cfg.closure_min_sigma_r_deg)
+    return robust(gtsam.noiseModel.Gaussian.Covariance(cov), cfg.robust, cfg.kernel_k)
 
 
 def _initial_offsets(sessions: Sequence[SessionTrajectory], key: dict, closures: list[LoopClosure]) -> dict[str, np.ndarray]:
@@ -142,7 +134,7 @@ def optimise(sessions: Sequence[SessionTrajectory], closures: Sequence[LoopClosu
               and (c.query_session, c.query_id) in key and (c.match_session, c.match_id) in key]
     offsets = _initial_offsets(sessions, key, usable)
     graph, values = gtsam.NonlinearFactorGraph(), gtsam.Values()
-    odom_noise = gtsam.noiseModel.Diagonal.Sigmas(np.array([math.radians(cfg.odom_sigma_r_deg)] * 3 + [cfg.odom_sigma_t_m] * 3))
+    odom_noise = odometry_noise(cfg.odom_sigma_t_m, cfg.odom_sigma_r_deg)
     for k, s in enumerate(sessions):
         ids = [index[(s.session, int(i))] for i in s.ids]
         for v, p in zip(ids, s.poses):
@@ -150,8 +142,7 @@ def optimise(sessions: Sequence[SessionTrajectory], closures: Sequence[LoopClosu
         sigma = 1e-6 if k == 0 else cfg.loose_prior_sigma
         graph.add(gtsam.PriorFactorPose3(ids[0], gtsam.Pose3(offsets[s.session] @ s.poses[0]),
                                          gtsam.noiseModel.Isotropic.Sigma(6, sigma)))
-        for a, b, pa, pb in zip(ids[:-1], ids[1:], s.poses[:-1], s.poses[1:]):
-            graph.add(gtsam.BetweenFactorPose3(a, b, gtsam.Pose3(np.linalg.inv(pa) @ pb), odom_noise))
+        add_odometry_chain(graph, ids, s.poses, odom_noise)
     for c in usable:
         graph.add(gtsam.BetweenFactorPose3(index[(c.query_session, c.query_id)], index[(c.match_session, c.match_id)],
                                            gtsam.Pose3(np.asarray(c.T_query_match, np.float64)), _closure_noise(c, cfg)))
