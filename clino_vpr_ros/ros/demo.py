@@ -3,8 +3,20 @@
 Session 1 (day) is played into a ``clino_vpr_node`` process; its map is saved through the
 ``~/save_map`` service. A second node process loads that map as a prior and session 2 (dusk, another
 day, another odometry origin) is played into it: the inter-session closures join the two sessions.
-The demo prints every closure, scores them against the generator's ground truth, writes a PNG of
-both trajectories with the closures drawn, the two bags with their ground truth and the saved maps.
+The camera is RGB only (no depth): closures get their metric translation by triangulation from the
+odometry (clino_vpr_ros/triangulate.py).
+
+The demo prints every closure and scores them against the generator's ground truth, merges the two
+sessions with the closures the node published (``merge_sessions``, as ``clino-vpr merge`` does) into
+``merged.npz``, gives the trajectory error (ATE) of the odometry and of the pose graph with the
+closures per session and merged, and writes a PNG of ground truth, odometry and optimised
+trajectories with the closures drawn (``trajectories.png``), the two bags with their ground truth
+and the saved maps. Last line, for scripts::
+
+    demo: loop_closures=N precision=P recall=R ate_odom=A ate_closed=B merged_ate_odom=C merged_ate_closed=D
+
+A/B: the larger of the two sessions' ATE (m) without / with the closures; C/D: both sessions under one
+alignment (their odometry frames differ, so C is large until the closures join them).
 """
 
 from __future__ import annotations
@@ -19,15 +31,18 @@ import numpy as np
 from tqdm import tqdm
 
 from clino_vpr_ros.assets import default_model_path
-from clino_vpr_ros.evaluate import evaluate_closures, plot_trajectories_with_closures
+from clino_vpr_ros.engine import ENGINE_PRESETS, LoopClosure
+from clino_vpr_ros.evaluate import PRResult, evaluate_closures
+from clino_vpr_ros.merge import MergeConfig, merge_sessions, merged_map
 from clino_vpr_ros.ros.conversions import matrix_to_quaternion
 from clino_vpr_ros.ros.harness import NodeClient, NodeProcess, fresh_domain_id
 from clino_vpr_ros.ros.messages import closure_from_messages
 from clino_vpr_ros.runtime import read_metadata
-from clino_vpr_ros.session_map import SessionMap
+from clino_vpr_ros.session_map import MapWriter, SessionMap
 from clino_vpr_ros.synth import Session
 from clino_vpr_ros.synth.cli import two_sessions
 from clino_vpr_ros.synth.writers import write_bag
+from clino_vpr_ros.trajectory import AteReport, evaluate_ate, plot_ate, session_trajectory
 
 
 def _xyzquat(T: np.ndarray) -> list[float]:
@@ -53,11 +68,11 @@ def play(client: NodeClient, node: NodeProcess, session: Session, rate_hz: float
 
 
 def run_session(client: NodeClient, domain: int, session: Session, out: Path, model: Path,
-                priors: list[Path], rate_hz: float) -> Path:
+                priors: list[Path], rate_hz: float, preset: str = "default") -> Path:
     """One node process for one session: play, save through the service, stop. Returns the map path."""
     map_path = out / f"{session.session_id}.npz"
     params = {"model_path": str(model), "session_id": session.session_id, "map_path": str(map_path),
-              "base_T_camera": _xyzquat(session.base_T_camera)}
+              "base_T_camera": _xyzquat(session.base_T_camera), "engine_preset": preset}
     if priors:
         params["prior_maps"] = [str(p) for p in priors]
     node = NodeProcess(domain, out / f"node_{session.session_id}.log", params=params)
@@ -80,10 +95,13 @@ def run_session(client: NodeClient, domain: int, session: Session, out: Path, mo
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="clino-vpr demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("out/demo"))
-    p.add_argument("--town", type=int, default=950, help="town seed (evaluation towns 950..999 were never trained on)")
+    p.add_argument("--town", type=int, default=950,
+                   help="town seed (950: never trained on, nor used to choose a threshold: those are 961/962)")
     p.add_argument("--frames", type=int, default=240, help="frames per session (5 Hz stamps)")
     p.add_argument("--rate", type=float, default=10.0, help="playback rate in Hz (wall clock)")
     p.add_argument("--model", type=Path, default=None, help="ONNX encoder (default: the shipped model)")
+    p.add_argument("--engine-preset", default="default", choices=sorted(ENGINE_PRESETS),
+                   help="the node's engine_preset (docs/loop_closure.md says what each trades)")
     args = p.parse_args(argv)
     model = (args.model or default_model_path()).resolve()
     if not model.is_file():
@@ -94,70 +112,95 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     s1, s2 = two_sessions(args.town, n_frames=args.frames)
     gt_dirs = [write_bag(s, out / "sessions" / s.session_id, overwrite=True) for s in (s1, s2)]
-    for s in (s1, s2):
-        refusal = _remove_previous_demo_map(out / f"{s.session_id}.npz", s.session_id)
+    for path, sessions in ((out / "s1.npz", ["s1"]), (out / "s2.npz", ["s2"]), (out / "merged.npz", ["s1", "s2"])):
+        refusal = _remove_previous_demo_map(path, sessions)
         if refusal:
             print(f"demo: {refusal}", file=sys.stderr)
             return 2
     domain = fresh_domain_id()
     with NodeClient(domain) as client:
-        map1 = run_session(client, domain, s1, out, model, [], args.rate)
-        map2 = run_session(client, domain, s2, out, model, [map1], args.rate)
+        map1 = run_session(client, domain, s1, out, model, [], args.rate, args.engine_preset)
+        map2 = run_session(client, domain, s2, out, model, [map1], args.rate, args.engine_preset)
         received = client.closure_pairs()
     closures = [closure_from_messages(lio, edge) for lio, edge in received]
     table = {k: np.array([c[k] for c in closures], dtype=object if "session" in k else np.float64)
              for k in ("query_stamp", "match_stamp", "query_session", "match_session", "score")}
     table["verified"] = np.array([c["verified"] for c in closures], bool)
     table["inliers"] = np.array([c["inliers"] for c in closures], np.int64)
+    maps = [SessionMap.load(map1), SessionMap.load(map2)]
     # recall counts the ground-truth loop queries among the keyframes: only keyframes are queried
-    keyframe_stamps = {s.session_id: SessionMap.load(m).stamps for s, m in ((s1, map1), (s2, map2))}
-    pr = evaluate_closures(table, gt_dirs, queried=keyframe_stamps)
+    pr = evaluate_closures(table, gt_dirs, queried={m.session_id: m.stamps for m in maps})
     for c in closures:
         print(f"closure {c['query_session']}/{c['query_id']} t={c['query_stamp']:.1f}s -> "
               f"{c['match_session']}/{c['match_id']} t={c['match_stamp']:.1f}s  score {c['score']:.3f} "
-              f"inliers {c['inliers']}")
-    png = _plot(s1, s2, closures, pr, out / "trajectories.png")
-    n_inter = sum(c["query_session"] != c["match_session"] for c in closures)
-    print(f"maps: {map1}, {map2}; bags and ground truth: {gt_dirs[0]}, {gt_dirs[1]}; picture: {png}")
-    print(f"{len(closures)} closures ({n_inter} inter-session), {pr.n_correct} correct; "
-          f"{pr.n_gt_queries} ground-truth loop queries among the keyframes")
-    print(f"demo: loop_closures={len(closures)} precision={pr.precision:.3f} recall={pr.recall:.3f}")
+              f"inliers {c['inliers']}  {'metric' if c['metric'] else 'direction only'}")
+    loops = [to_loop_closure(c) for c in closures]
+    n_inter = sum(c.inter_session for c in loops)
+    print(f"{len(closures)} closures ({n_inter} inter-session, {sum(c.metric for c in loops)} with a metric "
+          f"translation), {pr.n_correct} correct; {pr.n_gt_queries} ground-truth loop queries among the keyframes")
+    merge_error = _merge(maps, loops, out / "merged.npz")
+    ground_truth = {s.session_id: (s.stamps, s.world_T_base) for s in (s1, s2)}
+    report = evaluate_ate([session_trajectory(m) for m in maps], loops, ground_truth)
+    for s in report.odom:
+        print(f"ATE {s}: odometry {report.odom[s]:.3f} m, with closures {report.closed[s]:.3f} m")
+    print(f"ATE merged (both sessions, one alignment): odometry {report.merged_odom:.3f} m, "
+          f"with closures {report.merged_closed:.3f} m ({report.closures_used} metric closures used)")
+    png = plot_ate(out / "trajectories.png", [session_trajectory(m) for m in maps], loops, report, ground_truth)
+    print(f"maps: {map1}, {map2}, merged {out / 'merged.npz'}; bags and ground truth: {gt_dirs[0]}, {gt_dirs[1]}; "
+          f"picture: {png}")
+    print(summary_line(len(closures), pr, report))
+    if merge_error:
+        print(f"demo: {merge_error}", file=sys.stderr)
+        return 1
     return 0
 
 
-def _remove_previous_demo_map(path: Path, session_id: str) -> str | None:
-    """The node never replaces a map, so a re-run first removes the map an earlier demo left in its own
-    output folder (a map of exactly this demo session). Anything else there: the reason it is kept."""
+def summary_line(n_closures: int, pr: PRResult, report: AteReport) -> str:
+    """The demo's last, machine-readable line (see the module docstring)."""
+    return (f"demo: loop_closures={n_closures} precision={pr.precision:.3f} recall={pr.recall:.3f} "
+            f"ate_odom={max(report.odom.values()):.3f} ate_closed={max(report.closed.values()):.3f} "
+            f"merged_ate_odom={report.merged_odom:.3f} merged_ate_closed={report.merged_closed:.3f}")
+
+
+def to_loop_closure(c: dict) -> LoopClosure:
+    """A closure as the node published it (:func:`closure_from_messages` dict) -> :class:`LoopClosure`
+    (no relative pose: identity with covariance 1e6, unverified)."""
+    has_pose = c["T_query_match"] is not None
+    return LoopClosure(c["query_stamp"], c["match_stamp"], c["query_session"], c["match_session"], c["query_id"],
+                       c["match_id"], c["score"], c["verified"] and has_pose, c["inliers"],
+                       c["T_query_match"] if has_pose else np.eye(4), c["metric"] and has_pose,
+                       c["covariance"] if has_pose else np.eye(6) * 1e6)
+
+
+def _merge(maps: list[SessionMap], closures: list[LoopClosure], path: Path) -> str | None:
+    """Merge the sessions with the node's verified closures into ``path``; the reason when they cannot be."""
+    try:
+        result = merge_sessions(maps, [c for c in closures if c.verified], MergeConfig())
+    except ValueError as e:
+        return str(e)
+    MapWriter(path, read_only=[m.path for m in maps]).save(merged_map(maps, result))
+    kept = int(result.inliers.sum())
+    T = result.session_T[maps[1].session_id]
+    print(f"merged {len(result.session_T)} sessions into {result.reference_session!r} ({kept}/{len(result.residuals)} "
+          f"closures kept as inliers): {maps[1].session_id}'s odometry frame at t = {np.round(T[:3, 3], 2).tolist()} m, "
+          f"yaw {np.degrees(np.arctan2(T[1, 0], T[0, 0])):.1f} deg in {result.reference_session}'s")
+    return None
+
+
+def _remove_previous_demo_map(path: Path, session_ids: list[str]) -> str | None:
+    """The demo never replaces a map it did not write, so a re-run first removes the map an earlier demo
+    left in its own output folder (a map of exactly these demo sessions). Anything else: the reason it is kept."""
     if not path.exists():
         return None
     try:
         sessions = SessionMap.load(path).session_ids
     except ValueError as e:
         return f"{path} exists and is not a map of an earlier demo ({e}); choose another --out"
-    if sessions != [session_id]:
+    if sessions != session_ids:
         return f"{path} holds the map of session(s) {sessions}, not an earlier demo's; choose another --out"
     print(f"demo: replacing the map of the previous demo run, {path}")
     path.unlink()
     return None
-
-
-def _plot(s1: Session, s2: Session, closures: list[dict], pr, png: Path) -> Path:
-    """Both ground-truth trajectories in the world frame with each closure drawn between its keyframes."""
-    sessions = {s.session_id: s for s in (s1, s2)}
-
-    def xy(session_id: str, stamp: float) -> tuple[float, float]:
-        s = sessions[session_id]
-        i = int(np.argmin(np.abs(s.stamps - stamp)))
-        return float(s.world_T_base[i, 0, 3]), float(s.world_T_base[i, 1, 3])
-
-    segments = []
-    for c in closures:
-        a, b = xy(c["query_session"], c["query_stamp"]), xy(c["match_session"], c["match_stamp"])
-        segments.append((a, b, float(np.hypot(a[0] - b[0], a[1] - b[1])) <= pr.radius_m))
-    trajectories = {f"{s.session_id} (ground truth)": s.world_T_base[:, :2, 3] for s in (s1, s2)}
-    return plot_trajectories_with_closures(
-        trajectories, segments, png,
-        title=f"clino-vpr demo: {len(closures)} closures, precision {pr.precision:.2f}, recall {pr.recall:.2f}")
 
 
 if __name__ == "__main__":
