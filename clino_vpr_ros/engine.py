@@ -28,7 +28,7 @@ from clino_vpr_ros.camera import CameraCalibration, undistort_features
 from clino_vpr_ros.candidates import Candidate, CandidateConfig, CandidateFilter
 from clino_vpr_ros.index import IndexConfig, KeyframeIndex
 from clino_vpr_ros.keyframes import KeyframeConfig, KeyframeSelector, rotation_angle_deg
-from clino_vpr_ros.sequence import SequenceConfig, best_match, sequence_scores, track_positions
+from clino_vpr_ros.sequence import SequenceConfig, aligned_rows, best_match, sequence_scores, track_positions
 from clino_vpr_ros.session_map import MapWriter, SessionMap, SessionMapBuilder, check_compatible
 from clino_vpr_ros.triangulate import Neighbour, TriangulationConfig, camera_motion, with_triangulated_depths
 from clino_vpr_ros.verify import LocalFeatures, Verification, VerifyConfig, extract_features, to_gray, verify_pair
@@ -79,12 +79,16 @@ class EngineConfig:
 _SEQUENCE = SequenceConfig(enabled=True)
 
 ENGINE_PRESETS: dict[str, EngineConfig] = {
-    # single-frame candidates (ORB-SLAM3-like 3 consecutive matches, de-duplication): precision 1.0 on every
-    # held-out sequence measured, low recall (models/README.md)
-    "default": EngineConfig(),
-    # sequence scoring (5 aligned keyframes, margin 0.15 over the best other place), a closure for every
-    # keyframe with a verified match; thresholds chosen on validation towns 961/962. 5-9x the recall of
-    # "default" on held-out towns, but not yet precision 1.0 everywhere (models/README.md)
+    # sequence scoring (5 aligned keyframes), margin 0.12 over the best other place (the robust z test
+    # relaxed to 1), back-filling of the window's first keyframes once a place is verified, verified
+    # rotation within 25 deg (5 deg inside the 30 deg revisit definition); chosen on validation towns 961/962
+    # (models/README.md): no wrong closure there, recall 0.7-0.9
+    "default": EngineConfig(sequence=replace(_SEQUENCE, min_z=1.0, min_margin=0.12, backfill=True), max_rotation_deg=25.0),
+    # the former default: single-frame candidates (ORB-SLAM3-like 3 consecutive matches, de-duplication);
+    # precision 1.0 on every held-out sequence measured, recall 0.05-0.10
+    "single_frame": EngineConfig(),
+    # sequence scoring alone (5 aligned keyframes, z >= 2, margin 0.15, a closure for every keyframe with a
+    # verified match, no back-filling): the default's sequence stage without its later additions
     "sequence": EngineConfig(sequence=_SEQUENCE),
     # HNSW keeps query time ~flat beyond ~100k keyframes at a small recall cost (see `clino-vpr bench index`)
     "large_map": EngineConfig(index=IndexConfig(kind="hnsw")),
@@ -203,6 +207,21 @@ class _Track:
 _SESSION_GAP = 1e9
 
 
+@dataclass
+class _Accepted:
+    """An accepted sequence match, kept for back-filling its window: the map keyframe ``j`` (track
+    index) of ``source``'s track, the window's live rows (oldest first, the current one last), their
+    track positions and those of the map, in the alignment's unit."""
+
+    source: int
+    track: _Track
+    j: int
+    query_rows: list[int]
+    query_pos: np.ndarray
+    map_pos: np.ndarray
+    gap: float
+
+
 def _prior_track(smap: SessionMap) -> _Track:
     rows, metric, order = [], [], []
     all_metric = True
@@ -290,6 +309,7 @@ class LoopClosureEngine:
         self._live_pos: list[float] = []  # travelled distance at each live keyframe (NaN once a pose is missing)
         self._last_odom: np.ndarray | None = None
         self._live_odom_count = 0
+        self._backfilled: set[tuple[int, int]] = set()  # (live row, source) already tried by back-filling
         self._next_id = 0
         self._last_autosave_clock: float | None = None
         self._counts = {"frames": 0, "candidates": 0, "verified": 0, "rejected": 0, "unverifiable": 0, "published": 0}
@@ -447,18 +467,26 @@ class LoopClosureEngine:
     def _add_keyframe(self, kf_id: int, stamp: float, desc: np.ndarray, odom: np.ndarray | None, K: np.ndarray | None,
                       features: LocalFeatures | None) -> FrameResult:
         query_seq = len(self._live)
+        accepted: list[_Accepted | None]
         if self.cfg.sequence.enabled:
             self._append_position(odom)
-            per_source = self._sequence_candidates(desc, stamp, query_seq)
+            per_source, accepted = self._sequence_candidates(desc, stamp, query_seq)
         else:
             candidates = self._retrieve(desc, stamp, query_seq)
-            per_source = [self._filter.update(query_seq, self._reference_score(desc), candidates)]
+            per_source, accepted = [self._filter.update(query_seq, self._reference_score(desc), candidates)], [None]
         self._next_id = max(self._next_id, kf_id + 1)
         self._live.append(kf_id, stamp, desc, odom, K, features)
         self._index.add(kf_id, desc, stamp)
         if self._fleet is not None:
             self._fleet.enqueue(kf_id, stamp, desc, odom, len(self._live) - 1)
-        closures = [c for ready in per_source for c in self._verify_ready(ready, kf_id, stamp, odom, K, features)]
+        closures = []
+        for ready, acc in zip(per_source, accepted):
+            found = self._verify_ready(ready, kf_id, stamp, odom, K, features)
+            closures += found
+            if found and acc is not None:
+                self._backfilled.add((query_seq, acc.source))  # has its closure to this map already
+                if self.cfg.sequence.backfill:
+                    closures += self._backfill(acc, found[0])
         return FrameResult(True, kf_id, closures)
 
     # ------------------------------------------------------------------ sequence scoring
@@ -471,28 +499,37 @@ class LoopClosureEngine:
             self._last_odom = odom
             self._live_odom_count += 1
 
-    def _sequence_candidates(self, desc: np.ndarray, stamp: float, query_seq: int) -> list[list[Candidate]]:
-        """Per map (live first, then priors): the candidates to verify, best place first, then its
-        better-looking neighbour (the aligned place is +-1 keyframe of the true one)."""
+    def _sequence_candidates(self, desc: np.ndarray, stamp: float, query_seq: int
+                             ) -> tuple[list[list[Candidate]], list[_Accepted | None]]:
+        """Per map with an accepted place (live first, then priors): the candidates to verify, best
+        place first, then its better-looking neighbour (the aligned place is +-1 keyframe of the true
+        one); and the accepted matches, for back-filling."""
         cfg = self.cfg.sequence
         n = len(self._live)
         w = min(cfg.window - 1, n)
         window = np.vstack([self._live.descriptor(r) for r in range(n - w, n)] + [desc[None, :]]) if w else desc[None, :]
         q_metric = np.asarray(self._live_pos[-(w + 1):], np.float64) if self._live_odom_count >= 2 else np.full(w + 1, np.nan)
         q_order = np.arange(w + 1, dtype=np.float64)
-        out: list[list[Candidate]] = []
+        query_rows = list(range(n - w, n + 1))  # the current keyframe becomes row n
+        tracks: list[tuple[_Track, int]] = []
         n_rows = self._index.searchable_rows(stamp, exclude_recent=True)
         if n_rows > 0:
             pos = np.asarray(self._live_pos[:n_rows], np.float64)
-            track = _Track(np.arange(n_rows), self._live.descriptors_upto(n_rows), pos if self._live_odom_count >= 2 else None,
-                           np.arange(n_rows, dtype=np.float64))
-            out.append(self._track_candidates(track, window, q_metric, q_order, desc, query_seq, stamp, -1))
-        for p_i, prior in enumerate(self._priors):
-            out.append(self._track_candidates(prior.track, window, q_metric, q_order, desc, query_seq, stamp, p_i))
-        return [c for c in out if c]
+            tracks.append((_Track(np.arange(n_rows), self._live.descriptors_upto(n_rows),
+                                  pos if self._live_odom_count >= 2 else None, np.arange(n_rows, dtype=np.float64)), -1))
+        tracks += [(prior.track, p_i) for p_i, prior in enumerate(self._priors)]
+        out: list[list[Candidate]] = []
+        accepted: list[_Accepted | None] = []
+        for track, source in tracks:
+            cands, acc = self._track_candidates(track, window, q_metric, q_order, desc, query_seq, stamp, source, query_rows)
+            if cands:
+                out.append(cands)
+                accepted.append(acc)
+        return out, accepted
 
     def _track_candidates(self, track: _Track, window: np.ndarray, q_metric: np.ndarray, q_order: np.ndarray,
-                          desc: np.ndarray, query_seq: int, stamp: float, source: int) -> list[Candidate]:
+                          desc: np.ndarray, query_seq: int, stamp: float, source: int, query_rows: list[int]
+                          ) -> tuple[list[Candidate], _Accepted | None]:
         cfg = self.cfg.sequence
         metric = track.metric_pos is not None and np.all(np.isfinite(q_metric))
         map_pos, q_pos = (track.metric_pos, q_metric) if metric else (track.order_pos, q_order)
@@ -500,21 +537,59 @@ class LoopClosureEngine:
         scores, lengths = sequence_scores(window, q_pos, track.descriptors, map_pos, gap)
         m = best_match(scores, lengths, map_pos, cfg, exclusion)
         if m is None:
-            return []
+            return [], None
         self._counts["candidates"] += 1
         picks = [m.row] + sorted((j for j in (m.row - 1, m.row + 1) if 0 <= j < len(track.rows)
                                   and abs(map_pos[j] - map_pos[m.row]) < _SESSION_GAP / 2),
                                  key=lambda j: -float(track.descriptors[j] @ desc))[:1]
-        out = []
-        for j in picks:
-            r = int(track.rows[j])
-            if source < 0:
-                kf_id, m_stamp, session = int(self._index.ids[r]), float(self._index.stamps[r]), self.session_id
-            else:
-                smap = self._priors[source].smap
-                kf_id, m_stamp, session = int(smap.ids[r]), float(smap.stamps[r]), smap.session_of(r)
-            out.append(Candidate(query_seq, stamp, session, r, kf_id, m_stamp, m.score, source, m.z, m.length))
-        return out
+        out = [self._track_candidate(track, j, source, query_seq, stamp, m.score, m.z, m.length) for j in picks]
+        return out, _Accepted(source, track, m.row, query_rows, q_pos, map_pos, gap)
+
+    def _track_candidate(self, track: _Track, j: int, source: int, query_seq: int, stamp: float, score: float,
+                         z: float = 0.0, length: int = 0) -> Candidate:
+        """A candidate for keyframe ``j`` of a map's track (``source`` as in :class:`Candidate`)."""
+        r = int(track.rows[j])
+        if source < 0:
+            kf_id, m_stamp, session = int(self._index.ids[r]), float(self._index.stamps[r]), self.session_id
+        else:
+            smap = self._priors[source].smap
+            kf_id, m_stamp, session = int(smap.ids[r]), float(smap.stamps[r]), smap.session_of(r)
+        return Candidate(query_seq, stamp, session, r, kf_id, m_stamp, score, source, z, length)
+
+    def _backfill(self, acc: _Accepted, anchor: LoopClosure) -> list[LoopClosure]:
+        """Closures for the earlier keyframes of an accepted, verified window: each verified against
+        the map keyframe the sequence aligned it with (see ``SequenceConfig.backfill``).
+
+        A pair whose heading difference, predicted from the anchor closure's verified rotation and
+        both sessions' odometry, exceeds ``max_rotation_deg`` is skipped: at a turn the aligned views
+        differ by more than a revisit's heading, and their own estimated rotation is least reliable there.
+        """
+        cfg = self.cfg.sequence
+        closures: list[LoopClosure] = []
+        rows = aligned_rows(acc.j, acc.query_pos, acc.map_pos, acc.gap)
+        for q_row, j in zip(acc.query_rows[:-1], rows[:-1]):
+            if j < 0 or (q_row, acc.source) in self._backfilled:
+                continue
+            self._backfilled.add((q_row, acc.source))
+            cosine = float(self._live.descriptor(q_row) @ acc.track.descriptors[j])
+            if cosine < cfg.backfill_min_cosine:
+                continue
+            q_id, q_stamp, q_pose, q_K = self._live.row_info(q_row)
+            cand = self._track_candidate(acc.track, int(j), acc.source, q_row, q_stamp, cosine)
+            if self._predicted_rotation_deg(anchor, q_pose, cand) > (self.cfg.max_rotation_deg or 180.0):
+                continue
+            closures += self._verify_ready([cand], q_id, q_stamp, q_pose, q_K, self._live.features(q_row))
+        return closures
+
+    def _predicted_rotation_deg(self, anchor: LoopClosure, q_pose: np.ndarray | None, cand: Candidate) -> float:
+        """Heading difference (deg) of a back-fill pair from the anchor's verified rotation and the odometry
+        of both sessions (0 when a pose is missing: nothing to predict from)."""
+        m_pose = self._match_info(cand)[3]
+        if q_pose is None or m_pose is None or anchor.query_pose is None or anchor.match_pose is None:
+            return 0.0
+        R = (q_pose[:3, :3].T @ anchor.query_pose[:3, :3] @ anchor.T_query_match[:3, :3]
+             @ anchor.match_pose[:3, :3].T @ m_pose[:3, :3])
+        return rotation_angle_deg(R)
 
     def _reference_score(self, desc: np.ndarray) -> float | None:
         n = len(self._live)

@@ -38,7 +38,11 @@ class SequenceConfig:
     (current included); min_length: aligned pairs needed for a score (a shorter history gives none);
     max_align_gap_m / max_align_gap_keyframes: an aligned map keyframe farther than this from the
     wanted position counts as missing; exclusion_m / exclusion_keyframes: runner-up search excludes
-    this neighbourhood of the best.
+    this neighbourhood of the best. backfill: when the current keyframe's match is accepted and
+    verified, the earlier keyframes of its window are verified against their aligned map keyframes
+    too (each at most once per map, only where that pair's own cosine reaches
+    ``backfill_min_cosine``): the first keyframes of a revisit, which the window needs to fill,
+    get their closures a few keyframes late instead of none.
     """
 
     enabled: bool = False
@@ -51,6 +55,8 @@ class SequenceConfig:
     max_align_gap_keyframes: float = 0.5
     exclusion_m: float = 20.0
     exclusion_keyframes: float = 5.0
+    backfill: bool = False
+    backfill_min_cosine: float = 0.3
 
     def __post_init__(self) -> None:
         if self.window < 1 or not 1 <= self.min_length <= self.window:
@@ -86,6 +92,16 @@ def track_positions(poses: np.ndarray | None, n: int) -> tuple[np.ndarray, bool]
     return np.cumsum(steps), True
 
 
+def _nearest(map_pos: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Index of the map position nearest to each wanted one (map_pos (N,) non-decreasing, N >= 1)."""
+    n = len(map_pos)
+    if n == 1:
+        return np.zeros(len(wanted), int)
+    idx = np.clip(np.searchsorted(map_pos, wanted), 1, n - 1)
+    left = np.abs(map_pos[idx - 1] - wanted) <= np.abs(map_pos[idx] - wanted)
+    return np.where(left, idx - 1, idx)
+
+
 def sequence_scores(query: np.ndarray, query_pos: np.ndarray, map_desc: np.ndarray, map_pos: np.ndarray,
                     max_gap: float) -> tuple[np.ndarray, np.ndarray]:
     """Sequence score of every map keyframe for the current query keyframe.
@@ -102,17 +118,22 @@ def sequence_scores(query: np.ndarray, query_pos: np.ndarray, map_desc: np.ndarr
     total = np.zeros(n)
     count = np.zeros(n, int)
     for k in range(len(query)):
-        delta = query_pos[-1] - query_pos[k]
-        wanted = map_pos - delta  # the map position aligned with query keyframe k, for every j
-        idx = np.clip(np.searchsorted(map_pos, wanted), 1, max(n - 1, 1)) if n > 1 else np.zeros(n, int)
-        if n > 1:  # nearest of the two neighbours in the sorted positions
-            left = np.abs(map_pos[idx - 1] - wanted) <= np.abs(map_pos[idx] - wanted)
-            idx = np.where(left, idx - 1, idx)
+        wanted = map_pos - (query_pos[-1] - query_pos[k])  # the map position aligned with query keyframe k, for every j
+        idx = _nearest(map_pos, wanted)
         ok = (np.abs(map_pos[idx] - wanted) <= max_gap) & (idx <= np.arange(n))
         total += np.where(ok, sim[k, idx], 0.0)
         count += ok
     scores = np.where(count > 0, total / np.maximum(count, 1), -1.0)
     return scores, count
+
+
+def aligned_rows(j: int, query_pos: np.ndarray, map_pos: np.ndarray, max_gap: float) -> np.ndarray:
+    """The map keyframe aligned with each query keyframe of the window when the current one matches
+    map keyframe ``j`` (the pairs :func:`sequence_scores` averaged): int (W,), -1 where none."""
+    wanted = map_pos[j] - (query_pos[-1] - np.asarray(query_pos, np.float64))
+    idx = _nearest(map_pos, wanted)
+    ok = (np.abs(map_pos[idx] - wanted) <= max_gap) & (idx <= j)
+    return np.where(ok, idx, -1)
 
 
 def best_match(scores: np.ndarray, lengths: np.ndarray, map_pos: np.ndarray, cfg: SequenceConfig,

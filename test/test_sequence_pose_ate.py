@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
-from clino_vpr_ros.engine import LoopClosure
-from clino_vpr_ros.sequence import SequenceConfig, best_match, sequence_scores, track_positions
+from clino_vpr_ros.engine import ENGINE_PRESETS, LoopClosure, LoopClosureEngine
+from clino_vpr_ros.sequence import SequenceConfig, aligned_rows, best_match, sequence_scores, track_positions
+from clino_vpr_ros.session_map import SessionMapBuilder
 from clino_vpr_ros.trajectory import SessionTrajectory, evaluate_ate
 from clino_vpr_ros.triangulate import Neighbour, TriangulationConfig, camera_motion, with_triangulated_depths
 from clino_vpr_ros.verify import LocalFeatures, VerifyConfig, verify_pair
@@ -131,3 +133,44 @@ def test_closures_halve_the_trajectory_error_of_drifting_odometry() -> None:
     assert report.closures_used == len(closures)
     assert report.odom["s"] > 1.0
     assert report.closed["s"] <= 0.5 * report.odom["s"], (report.odom, report.closed)
+
+
+def test_aligned_rows_are_the_pairs_the_sequence_score_averaged() -> None:
+    map_pos = np.arange(30, dtype=np.float64) * 1.5
+    q_pos = np.array([100.0, 101.5, 103.0, 104.5, 106.0])  # another track, same spacing
+    assert aligned_rows(10, q_pos, map_pos, max_gap=0.6).tolist() == [6, 7, 8, 9, 10]
+    assert aligned_rows(2, q_pos, map_pos, max_gap=0.6).tolist() == [-1, -1, 0, 1, 2]  # nothing before the map's start
+
+
+def test_backfill_closes_the_first_keyframes_of_a_revisit() -> None:
+    """A street driven twice (keyframes 0-19, a detour, then 40-59), RGB only (no depth), default preset.
+
+    Global descriptors: one per place along the street (consecutive places alike) plus noise; local
+    features: projections of the street's 3-D points. The window must fill before a sequence is
+    accepted; back-filling then gives the revisit's first keyframes their closures, late, against the
+    places the sequence aligned them with, all correct and one per keyframe.
+    """
+    rng = np.random.default_rng(4)
+    K = np.array([[320.0, 0, 320], [0, 320, 240], [0, 0, 1]])
+    street = np.column_stack([rng.uniform(-12, 12, 1200), rng.uniform(-4, 2, 1200), rng.uniform(0, 60, 1200)])
+    street_desc = rng.integers(0, 256, size=(1200, 128), dtype=np.uint8)
+    dim, first = 64, 40
+    places = _unit(np.cumsum(rng.normal(size=(20, dim)), axis=0))  # a random walk: consecutive places alike
+    builder = SessionMapBuilder("s", "fp", dim, feature="sift")
+    for k in range(60):
+        if k < 20 or k >= first:
+            p = k % first
+            pose = _pose(3.0, (0.8, 0.0, 1.5 * p - 6.0)) if k >= first else _pose(0.0, (0.0, 0.0, 1.5 * p - 6.0))
+            desc, feats = _unit(places[p] + 0.3 * rng.normal(size=dim) / math.sqrt(dim)), _view(street, pose, K, street_desc, rng)
+        else:  # the detour: elsewhere, nothing in common with the street
+            pose, desc, feats = _pose(0.0, (0.0, 0.0, 500.0 + 1.5 * k)), _unit(rng.normal(size=dim)), None
+        builder.append(k, 2.0 * k, desc, pose, K, feats)
+    smap = builder.snapshot()
+    engine = LoopClosureEngine(ENGINE_PRESETS["default"], dim, "fp", "s")
+    found = [(row, c) for row in range(len(smap)) for c in engine.replay_keyframe(smap, row).closures]
+    closures = [c for _, c in found]
+    assert closures and all(c.query_id - first == c.match_id for c in closures), [(c.query_id, c.match_id) for c in closures]
+    assert len({c.query_id for c in closures}) == len(closures)  # one closure per keyframe and map
+    early = {c.query_id for row, c in found if c.query_id in range(first, first + 4)}
+    assert len(early) >= 3
+    assert all(row > c.query_id for row, c in found if c.query_id in early)  # published once the window was full
