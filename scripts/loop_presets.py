@@ -19,13 +19,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
 
-from clino_vpr_ros.engine import ENGINE_PRESETS, EngineConfig, LoopClosure, LoopClosureEngine
-from clino_vpr_ros.evaluate import evaluate_closures
-from clino_vpr_ros.session_map import SessionMap
-from clino_vpr_ros.synth import read_session_groundtruth
-from clino_vpr_ros.trajectory import evaluate_ate, session_trajectory
+import numpy as np  # noqa: E402
+
+from clino_vpr_ros.engine import ENGINE_PRESETS, EngineConfig, LoopClosure, LoopClosureEngine  # noqa: E402
+from clino_vpr_ros.evaluate import evaluate_closures  # noqa: E402
+from clino_vpr_ros.session_map import SessionMap  # noqa: E402
+from clino_vpr_ros.synth import read_session_groundtruth  # noqa: E402
+from clino_vpr_ros.trajectory import evaluate_ate, session_trajectory  # noqa: E402
 
 
 def replay(cfg: EngineConfig, live: SessionMap, priors: Sequence[SessionMap]) -> list[LoopClosure]:

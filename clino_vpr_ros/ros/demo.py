@@ -50,16 +50,24 @@ def _xyzquat(T: np.ndarray) -> list[float]:
     return [*map(float, T[:3, 3]), *matrix_to_quaternion(T[:3, :3])]
 
 
-def play(client: NodeClient, node: NodeProcess, session: Session, rate_hz: float) -> None:
-    """Publish camera info once, then odometry + rgb8 image per frame at ``rate_hz`` (sim stamps)."""
+def play(client: NodeClient, node: NodeProcess, session: Session, rate_hz: float, live: bool = False) -> None:
+    """Publish camera info once, then odometry + rgb8 image per frame (sim stamps), at most ``rate_hz``.
+
+    Unless ``live``, each frame waits until the node has handled the previous one, so a machine busy
+    with other work gives the same keyframes and closures, only later; ``live`` plays at ``rate_hz``
+    whatever the node manages (it drops what it cannot keep up with, as on a robot).
+    """
     client.publish_camera_info(session.K, session.image_size)
     period = 1.0 / rate_hz
     next_t = time.monotonic()
     for i in tqdm(range(len(session.frames)), desc=f"play {session.session_id}", unit="frame"):
         frame = session.frames[i]
         rgb = session.render(i).rgb
+        before = client.handled()
         client.publish_odom(frame.stamp, frame.odom_T_base)
         client.publish_image(frame.stamp, rgb, "rgb8")
+        if not live:
+            client.wait_until(lambda: client.handled() > before, 120.0, f"frame {i} to be handled", node)
         next_t += period
         time.sleep(max(0.0, next_t - time.monotonic()))
         if not node.alive():
@@ -68,18 +76,19 @@ def play(client: NodeClient, node: NodeProcess, session: Session, rate_hz: float
 
 
 def run_session(client: NodeClient, domain: int, session: Session, out: Path, model: Path,
-                priors: list[Path], rate_hz: float, preset: str = "default") -> Path:
+                priors: list[Path], rate_hz: float, preset: str = "default", live: bool = False) -> Path:
     """One node process for one session: play, save through the service, stop. Returns the map path."""
     map_path = out / f"{session.session_id}.npz"
     params = {"model_path": str(model), "session_id": session.session_id, "map_path": str(map_path),
-              "base_T_camera": _xyzquat(session.base_T_camera), "engine_preset": preset}
+              "base_T_camera": _xyzquat(session.base_T_camera), "engine_preset": preset,
+              "diagnostics_period_s": 0.1}  # frequent counters: playback waits on frames_processed
     if priors:
         params["prior_maps"] = [str(p) for p in priors]
     node = NodeProcess(domain, out / f"node_{session.session_id}.log", params=params)
     before = client.received_counts()
     try:
         client.wait_for_node(node, timeout=90.0)
-        play(client, node, session, rate_hz)
+        play(client, node, session, rate_hz, live)
         client.wait_for_results(node, before=before)  # every closure it published has arrived
         response = client.call("/clino_vpr/save_map")
         if not response.success:
@@ -98,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--town", type=int, default=950,
                    help="town seed (950: never trained on, nor used to choose a threshold: those are 961/962)")
     p.add_argument("--frames", type=int, default=240, help="frames per session (5 Hz stamps)")
-    p.add_argument("--rate", type=float, default=10.0, help="playback rate in Hz (wall clock)")
+    p.add_argument("--rate", type=float, default=10.0, help="playback rate in Hz (wall clock; at most this fast)")
+    p.add_argument("--live", action="store_true",
+                   help="play at --rate whatever the node keeps up with (default: each frame waits until the node "
+                   "has handled the previous one, so the result does not depend on how busy the machine is)")
     p.add_argument("--model", type=Path, default=None, help="ONNX encoder (default: the shipped model)")
     p.add_argument("--engine-preset", default="default", choices=sorted(ENGINE_PRESETS),
                    help="the node's engine_preset (docs/loop_closure.md says what each trades)")
@@ -119,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     domain = fresh_domain_id()
     with NodeClient(domain) as client:
-        map1 = run_session(client, domain, s1, out, model, [], args.rate, args.engine_preset)
-        map2 = run_session(client, domain, s2, out, model, [map1], args.rate, args.engine_preset)
+        map1 = run_session(client, domain, s1, out, model, [], args.rate, args.engine_preset, args.live)
+        map2 = run_session(client, domain, s2, out, model, [map1], args.rate, args.engine_preset, args.live)
         received = client.closure_pairs()
     closures = [closure_from_messages(lio, edge) for lio, edge in received]
     table = {k: np.array([c[k] for c in closures], dtype=object if "session" in k else np.float64)
