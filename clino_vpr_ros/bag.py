@@ -291,6 +291,9 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
         raise ValueError(f"{bag}: no decodable image on {image_topic}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    # in query-time order, the order of the edges' stamps: back-filled closures (clino_vpr_ros/sequence.py)
+    # are found a few keyframes after their query keyframe
+    closures.sort(key=lambda c: c.query_stamp)
     csv_path = write_closures_csv(closures, out / "closures.csv")
     bag_path = write_closures_bag(closures, out / "closures", typestore, cfg.lio_sam)
     live = pipeline.engine.snapshot()
