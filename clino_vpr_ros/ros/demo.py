@@ -63,11 +63,11 @@ def play(client: NodeClient, node: NodeProcess, session: Session, rate_hz: float
     for i in tqdm(range(len(session.frames)), desc=f"play {session.session_id}", unit="frame"):
         frame = session.frames[i]
         rgb = session.render(i).rgb
-        before = client.handled()
         client.publish_odom(frame.stamp, frame.odom_T_base)
         client.publish_image(frame.stamp, rgb, "rgb8")
-        if not live:
-            client.wait_until(lambda: client.handled() > before, 120.0, f"frame {i} to be handled", node)
+        if not live:  # this node's counters (the previous session's node reported other numbers)
+            client.wait_until(lambda: client.counter("frames_received") == i + 1 and client.handled() >= i + 1,
+                              120.0, f"frame {i} to be handled", node)
         next_t += period
         time.sleep(max(0.0, next_t - time.monotonic()))
         if not node.alive():
