@@ -86,8 +86,8 @@ ENGINE_PRESETS: dict[str, EngineConfig] = {
     # keyframe with a verified match; thresholds chosen on validation towns 961/962. 5-9x the recall of
     # "default" on held-out towns, but not yet precision 1.0 everywhere (models/README.md)
     "sequence": EngineConfig(sequence=_SEQUENCE),
-    # HNSW keeps query time ~flat beyond ~100k keyframes at a small recall cost (see `clino-vpr bench index`)
-    "large_map": EngineConfig(index=IndexConfig(kind="hnsw")),
+    # exact below 20k keyframes, above a PQ shortlist re-ranked exactly: ~2 ms at 1M, recall@1 0.99+ (`clino-vpr bench index`)
+    "large_map": EngineConfig(index=IndexConfig(kind="pq")),
     # fewer, more certain closures: ORB-SLAM3-like 4 consecutive matches, cuVGL-like 40 inliers
     "strict": EngineConfig(candidates=CandidateConfig(min_consecutive=4, min_score=0.7), verify=VerifyConfig(min_inliers=40)),
     # more closures for a robust back end (GNC / switchable constraints): sequences of 3 keyframes, margin 0.1;
