@@ -177,8 +177,9 @@ class KeyframeIndex:
         pca = faiss.PCAMatrix(self.dim, d)
         pca.train(train)
         # IVF with one list is plain fast-scan PQ (no coarse partition) that, unlike IndexPQFastScan,
-        # takes search parameters, hence the IDSelectorRange of the exclusion window
-        codes = faiss.index_factory(d, f"IVF1,PQ{m}x4fs", faiss.METRIC_INNER_PRODUCT)
+        # takes search parameters, hence the IDSelectorRange of the exclusion window; blocks of 64
+        # codes scanned ~10 % faster than the default 32 at 1M keyframes
+        codes = faiss.index_factory(d, f"IVF1,PQ{m}x4fs_64", faiss.METRIC_INNER_PRODUCT)
         codes.train(pca.apply(train))
         del train
         for a in range(0, self._size, 65_536):  # bounded temporaries
