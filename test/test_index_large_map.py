@@ -15,6 +15,8 @@ from clino_vpr_ros.engine import LoopClosureEngine, get_engine_config
 from clino_vpr_ros.index import IndexConfig, KeyframeIndex
 from clino_vpr_ros.session_map import SessionMapBuilder
 
+pytestmark = pytest.mark.runtime  # also run on the Humble-pinned versions (faiss 1.8: scripts/test_humble.sh)
+
 DIM = 512
 SIZE = 32_000  # above pq_min_size (20k): trained at 20k, codes extended one keyframe at a time after it
 
