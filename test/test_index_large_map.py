@@ -57,6 +57,10 @@ def test_large_map_index_returns_the_exact_top1_while_the_map_grows_one_keyframe
     # the exclusion window holds on the shortlist path: the last keyframe finds none of its recent neighbours
     _, _, rows = index.search(x[-1], 5, query_stamp=float(SIZE - 1), exclude_recent=True)
     assert np.all(rows[0] < index.searchable_rows(float(SIZE - 1), exclude_recent=True))
+    # and for a query stamped long before the last keyframe (5000 rows excluded: searched exactly)
+    n_old = index.searchable_rows(float(SIZE - 5000), exclude_recent=True)
+    found = np.array([index.search(v, 5, query_stamp=float(SIZE - 5000), exclude_recent=True)[2][0, 0] for v in q[:50]])
+    np.testing.assert_array_equal(found, _exact_top1(x, q[:50], n_old))
 
 
 def test_large_map_index_stays_exact_at_top1_for_a_saved_and_loaded_prior_map(town_map, tmp_path: Path) -> None:
