@@ -86,7 +86,7 @@ ENGINE_PRESETS: dict[str, EngineConfig] = {
     # keyframe with a verified match; thresholds chosen on validation towns 961/962. 5-9x the recall of
     # "default" on held-out towns, but not yet precision 1.0 everywhere (models/README.md)
     "sequence": EngineConfig(sequence=_SEQUENCE),
-    # exact below 20k keyframes, above a PQ shortlist re-ranked exactly: 2.2-2.5 ms CPU at 1M, recall@1 0.995 (`clino-vpr bench index`)
+    # exact below 20k keyframes, above a PQ shortlist re-ranked exactly: 2.2 ms CPU at 1M, recall@1 0.996 (`clino-vpr bench index`)
     "large_map": EngineConfig(index=IndexConfig(kind="pq")),
     # fewer, more certain closures: ORB-SLAM3-like 4 consecutive matches, cuVGL-like 40 inliers
     "strict": EngineConfig(candidates=CandidateConfig(min_consecutive=4, min_score=0.7), verify=VerifyConfig(min_inliers=40)),

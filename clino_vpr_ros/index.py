@@ -11,8 +11,8 @@ each time it doubles (on a sample of at most ``pq_train_size`` descriptors; ever
 so that a robot exploring new kinds of places keeps codes fitted to what it has seen.
 
 Measured on model-shaped descriptors (``clino-vpr bench index``, README): recall@1 against exact
-search 1.000 at 100k and 0.995 at 1M keyframes (1000 queries), query CPU time 2.2-2.5 ms on one
-core at 1M (exact search: 87 ms), ~45 bytes per keyframe on top of the flat store, ~40 s to build
+search 1.000 at 100k and 0.996 at 1M keyframes (1000 queries), query CPU time 2.2 ms on one
+core at 1M (exact search: 82 ms), 20-45 bytes per keyframe on top of the flat store, ~40 s to build
 1M on one core. An inverted file (IVF) in front of the codes was measured and rejected: with 256
 lists, 64 probed, recall@1 was 0.937 at 100k; an HNSW graph over the PCA reached 0.935 at 1M in 5 ms
 and took 11 minutes to build. ``kind="hnsw"`` (earlier versions) still loads and means ``"pq"``.
@@ -168,8 +168,8 @@ class KeyframeIndex:
 
     def _train_codes(self) -> None:
         """(Re)train the PCA and the PQ codebooks on a sample of the stored descriptors and encode
-        every row; next time when the map has doubled. Measured on one core: 2.6 s at 100k keyframes,
-        11.4 s at 1M (mostly re-encoding); the sum over all doublings stays about twice the last one."""
+        every row; next time when the map has doubled. Measured on one core: ~3 s at 100k keyframes,
+        9-11 s at 1M (mostly re-encoding); the sum over all doublings stays about twice the last one."""
         cfg = self.cfg
         d = min(cfg.pq_pca_dim, self.dim)
         m = math.gcd(d, cfg.pq_m)  # PQ needs d % m == 0 (small descriptors: fewer sub-codes)
