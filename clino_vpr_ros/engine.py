@@ -515,7 +515,7 @@ class LoopClosureEngine:
         cand_tokens = [self._tokens_of(c.source, c.match_seq) for c in head]
         if any(t is None for t in cand_tokens):
             return candidates
-        order, counts = rerank(tokens, cand_tokens, [c.score for c in head], cfg.min_similarity)
+        order, counts = rerank(tokens, cand_tokens, [c.score for c in head], cfg.min_similarity, cfg.match_weight)
         self._counts["reranked"] += 1
         return [replace(head[i], rerank_matches=int(counts[i])) for i in order] + tail
 
@@ -593,7 +593,8 @@ class LoopClosureEngine:
         cand = [self._tokens_of(source, int(track.rows[j])) for j in rows]
         if any(t is None for t in cand):
             return []
-        order, _ = rerank(tokens, cand, [float(track.descriptors[j] @ desc) for j in rows], self.cfg.rerank.min_similarity)
+        order, _ = rerank(tokens, cand, [float(track.descriptors[j] @ desc) for j in rows], self.cfg.rerank.min_similarity,
+                          self.cfg.rerank.match_weight)
         self._counts["reranked"] += 1
         self._add_stage("rerank", t0)
         return [rows[int(order[0])]]

@@ -67,9 +67,9 @@ class _Fp32LayerNorm(nn.Module):
 
 
 def default_local_layer(num_layers: int) -> int:
-    """The backbone block whose tokens feed local re-ranking, by default: the 3rd of the tiny model's 4
-    (0-based 2, chosen on validation towns 961/962, models/README.md), i.e. at 3/4 of the depth."""
-    return max(0, (3 * num_layers) // 4 - 1)
+    """The backbone block whose tokens feed local re-ranking, by default: the 2nd of the tiny model's 4
+    (0-based 1, chosen on validation towns 961/962, models/README.md), i.e. the block before the middle."""
+    return max(0, num_layers // 2 - 1)
 
 
 def export_onnx(model: GatedEncoder, out: Path, fp16: bool = False, opset: int = 18, check: bool = True,
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="an exported model: write it to --out with the local re-ranking outputs added "
                              "(same weights, descriptor and fingerprint: its maps stay valid)")
     parser.add_argument("--local-layer", type=int, default=None,
-                        help="backbone block (0-based) of the local re-ranking outputs (default: 3/4 of the depth)")
+                        help="backbone block (0-based) of the local re-ranking outputs (default: the block before the middle)")
     parser.add_argument("--no-local-outputs", action="store_true", help="export without the local re-ranking outputs")
     parser.add_argument("--dinov2", help="DINOv2 HF folder or cached hub id (with --preset; default: random init)")
     parser.add_argument("--clip", help="CLIP HF folder or cached hub id (with --preset; default: random init)")

@@ -10,7 +10,8 @@ token's attention to each patch in that block (``runtime.LOCAL_OUTPUT_NAMES``); 
 2. :func:`mutual_matches` counts the mutual nearest neighbours between the query's and a
    candidate's tokens whose cosine similarity reaches ``min_similarity`` (T2);
 3. :func:`rerank` orders the top ``top_k`` (K) candidates by that count, the descriptor score
-   breaking ties; geometric verification then runs on the re-ranked best.
+   breaking ties (EffoVPR's order, ``match_weight`` 0), or by descriptor score + ``match_weight``
+   x count (a fused order); geometric verification then runs on the re-ranked best.
 
 Cost: one (n, m) matrix product per candidate (n, m <= ``max_tokens``, C = the backbone width).
 """
@@ -32,19 +33,21 @@ class RerankConfig:
     sequence match (sequence scoring). min_attention: T1, in units of the uniform attention 1/P.
     max_tokens: tokens kept per keyframe (storage: max_tokens * C * 2 bytes).
     min_similarity: T2, cosine of two value vectors for a mutual match to count.
+    match_weight: 0 orders by the count alone (EffoVPR); w > 0 by descriptor cosine + w * count.
     """
 
     enabled: bool = False
     top_k: int = 5
-    min_attention: float = 1.0
+    min_attention: float = 4.0
     max_tokens: int = 16
-    min_similarity: float = 0.5
+    min_similarity: float = 0.6
+    match_weight: float = 0.02
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.max_tokens < 1:
             raise ValueError("rerank top_k and max_tokens must be >= 1")
-        if self.min_attention < 0 or not -1.0 <= self.min_similarity <= 1.0:
-            raise ValueError("rerank min_attention must be >= 0 and min_similarity in [-1, 1]")
+        if self.min_attention < 0 or self.match_weight < 0 or not -1.0 <= self.min_similarity <= 1.0:
+            raise ValueError("rerank min_attention and match_weight must be >= 0 and min_similarity in [-1, 1]")
 
 
 def select_tokens(values: np.ndarray, attention: np.ndarray, cfg: RerankConfig) -> np.ndarray:
@@ -83,9 +86,10 @@ def mutual_matches(a: np.ndarray, b: np.ndarray, min_similarity: float) -> int:
     return int(np.count_nonzero(mutual & (sim[rows, best_b] >= min_similarity)))
 
 
-def rerank(query: np.ndarray, candidates: Sequence[np.ndarray], scores: Sequence[float], min_similarity: float
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Order candidates by mutual-match count with ``query``, the descriptor score breaking ties.
+def rerank(query: np.ndarray, candidates: Sequence[np.ndarray], scores: Sequence[float], min_similarity: float,
+           match_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Order candidates by mutual-match count with ``query``, the descriptor score breaking ties
+    (``match_weight`` 0), or by score + ``match_weight`` * count.
 
     Args:
         query: (n,C) tokens of the query keyframe.
@@ -95,5 +99,9 @@ def rerank(query: np.ndarray, candidates: Sequence[np.ndarray], scores: Sequence
         (order int64 (N,): indices into ``candidates``, best first; counts int64 (N,) in input order).
     """
     counts = np.array([mutual_matches(query, c, min_similarity) for c in candidates], np.int64)
-    order = np.lexsort((-np.asarray(scores, np.float64), -counts)) if len(counts) else np.zeros(0, np.int64)
-    return order.astype(np.int64), counts
+    scores = np.asarray(scores, np.float64)
+    if not len(counts):
+        return np.zeros(0, np.int64), counts
+    if match_weight > 0:
+        return np.argsort(-(scores + match_weight * counts), kind="stable").astype(np.int64), counts
+    return np.lexsort((-scores, -counts)).astype(np.int64), counts

@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in np.flatnonzero(pos.any(axis=1)):
                 top = np.argsort(-sims[i])[:k]
                 top = top[np.isfinite(sims[i, top])]
-                order, counts = rerank(qtok[i], [dtok[j] for j in top], sims[i, top], t2)
-                if weight > 0:  # fused: descriptor similarity + weight per mutual match
-                    order = np.argsort(-(sims[i, top] + weight * counts), kind="stable")
+                order, _ = rerank(qtok[i], [dtok[j] for j in top], sims[i, top], t2, weight)
                 n += 1
                 hit_desc += bool(pos[i, top[0]])
                 hit_rr += bool(pos[i, top[order[0]]])
@@ -114,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     names = [c[0] for c in cases]
     print("descriptor R@1: " + ", ".join(f"{n} {base[n]:.3f}" for n in names) + f" (mean {np.mean(list(base.values())):.3f})")
     results.sort(key=lambda r: r[0])
+    best_of = {}
+    for r in results:  # sorted ascending: the last one seen per key is its best
+        best_of[("weight", r[1][5])] = r
+        best_of[("block", r[1][0], r[1][5])] = r
+    print("best per weight, and per block and weight:")
+    for key in sorted(best_of, key=str):
+        mean, setting, r1s = best_of[key]
+        print(f"  {key}: {setting} mean {mean:.3f} (" + ", ".join(f"{r:.3f}" for r in r1s) + ")")
     for mean, (block, t1, ntok, t2, k, weight), r1s in results[-25:]:
         print(f"block={block} T1={t1} max_tokens={ntok} T2={t2} K={k} weight={weight}: re-ranked R@1 " +
               ", ".join(f"{n} {r:.3f}" for n, r in zip(names, r1s)) + f" (mean {mean:.3f})")
