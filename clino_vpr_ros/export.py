@@ -302,7 +302,8 @@ def backbone_from_onnx(proto: onnx.ModelProto, cfg: object) -> nn.Module:
 
     Named initializers keep their parameter names; a Linear weight is stored transposed under an
     anonymous name and is found through the Add node that adds its (named) bias.
-    ValueError when a parameter is missing (another graph layout).
+    ValueError when a parameter is missing: another graph layout, or an untrained model, whose
+    equal tensors (zero biases, unit norms) the exporter merged into one initializer.
     """
     from clino_vpr_ros.model.backbone import DinoV2Backbone
 

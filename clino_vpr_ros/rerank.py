@@ -5,8 +5,9 @@ the value vectors of an intermediate block's patch tokens. The encoder exports t
 token's attention to each patch in that block (``runtime.LOCAL_OUTPUT_NAMES``); here:
 
 1. :func:`select_tokens` keeps the patches the CLS token attends to (attention >= ``min_attention``
-   times the uniform share 1/P, threshold T1), at most ``max_tokens`` of them, highest attention
-   first, L2-normalised, as float16: a few kilobytes per keyframe, stored on disk in the session map;
+   times the uniform share 1/P, threshold T1; at least the most attended one), at most
+   ``max_tokens`` of them, highest attention first, L2-normalised, as float16: at most a few
+   kilobytes per keyframe, stored on disk in the session map;
 2. :func:`mutual_matches` counts the mutual nearest neighbours between the query's and a
    candidate's tokens whose cosine similarity reaches ``min_similarity`` (T2);
 3. :func:`rerank` orders the top ``top_k`` (K) candidates by that count, the descriptor score
@@ -57,8 +58,9 @@ def select_tokens(values: np.ndarray, attention: np.ndarray, cfg: RerankConfig) 
         values: float32 (P,C) value vectors of the patch tokens (``local_values[i]``).
         attention: float32 (P,) the CLS token's attention to each patch (``local_attention[i]``).
     Returns:
-        float16 (n,C), n <= ``cfg.max_tokens``, L2-normalised rows, highest attention first
-        (n may be 0 when no patch reaches the threshold).
+        float16 (n,C), 1 <= n <= ``cfg.max_tokens``, L2-normalised rows, highest attention first
+        (the most attended patch is kept even below the threshold: a keyframe with tokens always
+        has some, so "no tokens" means "no local outputs", e.g. a map of an older model).
     Raises:
         ValueError: shapes that disagree.
     """
@@ -67,7 +69,7 @@ def select_tokens(values: np.ndarray, attention: np.ndarray, cfg: RerankConfig) 
         raise ValueError(f"local values {values.shape} and attention {attention.shape} disagree (expected (P,C), (P,))")
     threshold = cfg.min_attention / max(len(attention), 1)
     order = np.argsort(-attention, kind="stable")
-    keep = order[attention[order] >= threshold][: cfg.max_tokens]
+    keep = order[: max(1, int(np.count_nonzero(attention >= threshold)))][: cfg.max_tokens]
     picked = values[keep]
     norms = np.linalg.norm(picked, axis=1, keepdims=True)
     return (picked / np.maximum(norms, 1e-12)).astype(np.float16)

@@ -224,11 +224,11 @@ class SessionMap:
         file = open(path, "rb")  # noqa: SIM115 - lives with the map, or closed below
         try:
             with zipfile.ZipFile(file) as zf:
-                raw = {name: _memmap_member(file, zf, name) for name in _MAPPED}
+                mapped = {name: _memmap_member(file, zf, name) for name in _MAPPED}
             file.seek(0)  # np.load reads from the current position
             with np.load(file, allow_pickle=False) as z:
-                raw = {name: z[name] if raw.get(name) is None else raw[name] for name in (*_ARRAYS, "header")}
-                raw.update({name: z[name] if raw.get(name) is None else raw[name] for name in _OPTIONAL if name in z.files})
+                present = [*_ARRAYS, "header", *(name for name in _OPTIONAL if name in z.files)]
+                raw = {name: z[name] if mapped.get(name) is None else mapped[name] for name in present}
             header = json.loads(bytes(raw.pop("header")).decode("utf-8"))
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as e:
             file.close()
