@@ -255,18 +255,28 @@ def _node_output(proto: onnx.ModelProto, prefix: str, suffixes: tuple[str, ...])
                      "package's DINOv2 backbone, so the local re-ranking outputs cannot be added")
 
 
+def _remove_local_outputs(proto: onnx.ModelProto) -> None:
+    """Drop the nodes, initializers and outputs :func:`add_local_outputs` added (none: no change)."""
+    keep_out = [o for o in proto.graph.output if o.name not in LOCAL_OUTPUT_NAMES]
+    keep_nodes = [n for n in proto.graph.node if not n.name.startswith("/local/")]
+    keep_init = [i for i in proto.graph.initializer if not i.name.startswith("local_")]
+    for field, kept in ((proto.graph.output, keep_out), (proto.graph.node, keep_nodes), (proto.graph.initializer, keep_init)):
+        if len(kept) != len(field):
+            del field[:]
+            field.extend(kept)
+
+
 def add_local_outputs(proto: onnx.ModelProto, layer: int) -> onnx.ModelProto:
     """Add the :data:`~clino_vpr_ros.runtime.LOCAL_OUTPUT_NAMES` outputs to an exported graph, in place.
 
     They tap tensors the graph already computes in backbone block ``layer``: the value projection
     (B,P+1,C) and the attention softmax (B,heads,P+1,P+1). The new nodes only read them, so the
     descriptor and the mask are computed exactly as before (same weights, same fingerprint).
-    Returns ``proto``. ValueError: no such block, or outputs already present.
+    Outputs added before (of any block) are replaced. Returns ``proto``. ValueError: no such block.
     """
     from onnx import TensorProto, helper
 
-    if any(o.name in LOCAL_OUTPUT_NAMES for o in proto.graph.output):
-        raise ValueError("the model already has local re-ranking outputs")
+    _remove_local_outputs(proto)
     prefix = f"/backbone/layer.{layer}/attention/"
     softmax = _node_output(proto, prefix, ("Softmax",))
     values = _node_output(proto, prefix, ("v_proj/Add", "attention/value/Add", "value/Add"))
@@ -340,7 +350,8 @@ def replace_trainable(backbone_cfg: object) -> object:
 
 def add_local_outputs_to_file(src: Path, out: Path, layer: int | None = None, check: bool = True) -> dict[str, float]:
     """Write ``src`` with the local re-ranking outputs added (block ``layer``, None =
-    :func:`default_local_layer`) to ``out`` (atomic; ``src`` is never modified).
+    :func:`default_local_layer`; outputs of another block it has are replaced) to ``out`` (atomic;
+    ``src`` is never modified).
 
     The weights and the descriptor stay as they were, so the metadata, the weights fingerprint
     included, is kept and session maps built with ``src`` stay valid with ``out``. Checks: the
@@ -361,6 +372,9 @@ def add_local_outputs_to_file(src: Path, out: Path, layer: int | None = None, ch
     cfg = ModelConfig.from_dict(meta.config)
     layer = default_local_layer(cfg.backbone.num_layers) if layer is None else int(layer)
     add_local_outputs(proto, layer)
+    kept = [p for p in proto.metadata_props if p.key != "local_layer"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
     prop = proto.metadata_props.add()
     prop.key, prop.value = "local_layer", str(layer)
     out.parent.mkdir(parents=True, exist_ok=True)

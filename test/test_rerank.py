@@ -130,6 +130,12 @@ def test_adding_local_outputs_to_an_exported_model_keeps_its_descriptor_and_fing
     np.testing.assert_allclose(new.encode(frames).descriptors, old.encode(frames).descriptors, atol=1e-6)
     with pytest.raises(ValueError, match="must differ"):
         add_local_outputs_to_file(out, out)
+    # another block replaces the outputs of the first
+    again = tmp_path / "again.onnx"
+    add_local_outputs_to_file(out, again, layer=0)
+    enc = RuntimeEncoder(again, providers=["cpu"])
+    assert enc.metadata.local_layer == 0 and [o.name for o in onnx.load(str(again)).graph.output].count("local_values") == 1
+    np.testing.assert_allclose(enc.encode(frames).descriptors, old.encode(frames).descriptors, atol=1e-6)
 
 
 def test_the_shipped_model_has_local_outputs_that_match_its_own_backbone(shipped_model) -> None:
