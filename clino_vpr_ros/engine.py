@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -582,7 +583,7 @@ class LoopClosureEngine:
             out.append(Candidate(query_seq, stamp, session, r, kf_id, m_stamp, m.score, source, m.z, m.length))
         return out
 
-    def _reranked_picks(self, best: int, near: object, track: _Track, desc: np.ndarray, tokens: np.ndarray,
+    def _reranked_picks(self, best: int, near: Callable[[int], bool], track: _Track, desc: np.ndarray, tokens: np.ndarray,
                         source: int) -> list[int]:
         """The sequence match's neighbourhood (the ``rerank.top_k`` track rows nearest ``best``, same
         session) re-ranked by mutual matches: its best row only (empty: some row has no tokens)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -35,9 +37,12 @@ from torch import nn
 
 from clino_vpr_ros import __version__
 from clino_vpr_ros.checkpoint import load_encoder, weights_fingerprint
-from clino_vpr_ros.config import MODEL_PRESETS, get_model_config
+from clino_vpr_ros.config import MODEL_PRESETS, ModelConfig, get_model_config
 from clino_vpr_ros.model import GatedEncoder, build_encoder
 from clino_vpr_ros.runtime import INPUT_NAME, LOCAL_OUTPUT_NAMES, OUTPUT_NAMES, ModelMetadata, parity_images
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 LOG = logging.getLogger(__name__)
 
@@ -229,7 +234,8 @@ def check_parity(reference: GatedEncoder, onnx_path: Path, fp16: bool) -> dict[s
     return stats
 
 
-def local_parity(backbone: nn.Module, cfg: object, session: object, images: np.ndarray, layer: int) -> float:
+def local_parity(backbone: nn.Module, cfg: ModelConfig, session: ort.InferenceSession, images: np.ndarray,
+                 layer: int) -> float:
     """Max abs difference between the graph's ``local_values`` / ``local_attention`` and
     :meth:`DinoV2Backbone.local_tokens` on ``images`` uint8 (n,H,W,3); values are compared
     relative to their largest magnitude (attention is already in [0, 1])."""
@@ -306,7 +312,7 @@ def add_local_outputs(proto: onnx.ModelProto, layer: int) -> onnx.ModelProto:
     return proto
 
 
-def backbone_from_onnx(proto: onnx.ModelProto, cfg: object) -> nn.Module:
+def backbone_from_onnx(proto: onnx.ModelProto, cfg: ModelConfig) -> nn.Module:
     """The DINOv2 backbone of an exported graph as a PyTorch module, its weights read from the
     initializers (the torch reference for :func:`local_parity` when only the ONNX file exists).
 
@@ -333,19 +339,13 @@ def backbone_from_onnx(proto: onnx.ModelProto, cfg: object) -> nn.Module:
                 if x.startswith(prefix) and x.endswith(".bias")]
         if weight and bias:
             state[bias[0][len(prefix):-len(".bias")] + ".weight"] = arr(weight[0]).T.contiguous()  # y = x W^T + b
-    backbone = DinoV2Backbone(replace_trainable(cfg.backbone), tuple(cfg.image_size))
+    # a reference module is never trained: every block frozen
+    backbone = DinoV2Backbone(dataclasses.replace(cfg.backbone, trainable_blocks=0), tuple(cfg.image_size))
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("mask_token")]
     if missing or unexpected:
         raise ValueError(f"the graph's backbone does not match the preset: missing {missing[:4]}, unexpected {unexpected[:4]}")
     return backbone.eval()
-
-
-def replace_trainable(backbone_cfg: object) -> object:
-    """A backbone config whose blocks are all frozen (a reference module is never trained)."""
-    import dataclasses
-
-    return dataclasses.replace(backbone_cfg, trainable_blocks=0)
 
 
 def add_local_outputs_to_file(src: Path, out: Path, layer: int | None = None, check: bool = True) -> dict[str, float]:
@@ -360,8 +360,6 @@ def add_local_outputs_to_file(src: Path, out: Path, layer: int | None = None, ch
     Returns {"max_descriptor_diff", "max_mask_diff", "max_local_diff"}.
     """
     import onnxruntime as ort
-
-    from clino_vpr_ros.config import ModelConfig
 
     src, out = Path(src), Path(out)
     if out.resolve() == src.resolve():
