@@ -111,9 +111,10 @@ def test_no_false_closure_and_inter_session_closures_carry_both_ids(model_path: 
     for c in inter:
         assert c.query_pose is not None and c.match_pose is not None
 
-    # offline: the two saved maps alone (no images) are enough to find closures and merge the sessions
+    # offline: the two saved maps alone (no images) are enough to find closures and merge the sessions;
+    # detected with the engine settings of the live runs above (EngineConfig() is the single_frame preset)
     map1 = pipe1.engine.save_map(tmp_path / "s1.npz")
-    assert merge_main([str(map0), str(map1), "--out", str(tmp_path / "merged.npz"),
+    assert merge_main([str(map0), str(map1), "--out", str(tmp_path / "merged.npz"), "--engine-preset", "single_frame",
                        "--save-closures", str(tmp_path / "found.json")]) == 0
     found = [c for c in load_closures(tmp_path / "found.json") if c.inter_session]
     assert found and all(
