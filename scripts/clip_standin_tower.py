@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     p.add_argument("--out", type=Path, required=True, help="HF-format folder to write")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -136,9 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     size = tuple(cfg.image_size)
     grid = (size[0] // cfg.backbone.patch_size, size[1] // cfg.backbone.patch_size)  # the gate's mask grid
     t0 = time.perf_counter()
-    rgb, lab = zip(*(render_labelled(t, a.views, size) for t in a.towns))
-    rgb, lab = np.concatenate(rgb), np.concatenate(lab)
-    vrgb, vlab = render_labelled(a.val_town, a.val_views, size)
+    cache = a.out.with_name(a.out.name + "_views.npz")  # renders are deterministic: keep them for a rerun
+    if cache.is_file():
+        with np.load(cache) as z:
+            rgb, lab, vrgb, vlab = z["rgb"], z["lab"], z["vrgb"], z["vlab"]
+    else:
+        rgb, lab = zip(*(render_labelled(t, a.views, size) for t in a.towns))
+        rgb, lab = np.concatenate(rgb), np.concatenate(lab)
+        vrgb, vlab = render_labelled(a.val_town, a.val_views, size)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp.npz")
+        np.savez(tmp, rgb=rgb, lab=lab, vrgb=vrgb, vlab=vlab)
+        os.replace(tmp, cache)  # a cut-off run leaves no half-written cache
     t_render = time.perf_counter() - t0
     tower = ClipTower(dataclasses.replace(cfg.clip, trainable=True))
     probe = torch.nn.Linear(tower.out_dim, N_LABELS * grid[0] * grid[1])
