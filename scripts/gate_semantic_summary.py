@@ -1,6 +1,6 @@
 """Helpers of scripts/gate_semantic_standin.sh (issue 11): pick a gate run on the validation town; print the figures.
 
-    python scripts/gate_semantic_summary.py choose WORKDIR OUT     # prints the chosen lr of OUT_5e-3 / OUT_2e-2
+    python scripts/gate_semantic_summary.py choose WORKDIR OUT LR...  # prints the chosen lr of OUT_<LR>
     python scripts/gate_semantic_summary.py table WORKDIR TOWN...  # recall, paired counts, gate mask figures
 """
 
@@ -10,14 +10,13 @@ import json
 import sys
 from pathlib import Path
 
-LRS = ("5e-3", "2e-2")
 #: imported stand-in -> the gates trained on top of it
 MODELS = {"standin": ("gate_sem",), "standin_tb": ("tb_gate_sem", "tb_gate_rand")}
 
 
-def choose(w: Path, out: str) -> str:
+def choose(w: Path, out: str, lrs: list[str]) -> str:
     """The learning rate whose best validation epoch (town 901) has the best R@1, then R@5, then R@10."""
-    runs = {lr: json.loads((w / f"{out}_{lr}" / "metrics.json").read_text())["best"] for lr in LRS}
+    runs = {lr: json.loads((w / f"{out}_{lr}" / "metrics.json").read_text())["best"] for lr in lrs}
 
     def key(lr: str) -> tuple[float, ...]:
         return tuple(runs[lr]["recall"][k] for k in ("1", "5", "10"))
@@ -47,8 +46,8 @@ def table(w: Path, towns: list[str]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) >= 3 and argv[0] == "choose":
-        print(choose(Path(argv[1]), argv[2]))
+    if len(argv) >= 4 and argv[0] == "choose":
+        print(choose(Path(argv[1]), argv[2], argv[3:]))
     elif len(argv) >= 3 and argv[0] == "table":
         table(Path(argv[1]), argv[2:])
     else:
