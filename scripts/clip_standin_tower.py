@@ -112,7 +112,8 @@ def probe_metrics(pred: np.ndarray, true: np.ndarray, prior: np.ndarray) -> dict
         "cell_fraction_mae_probe_vs_prior": {
             k: [float(np.abs(pred[:, v] - true[:, v]).mean()), float(np.abs(prior[v][None] - true[:, v]).mean())]
             for k, v in LABELS.items() if k != "void"},
-        "image_clutter_fraction_corr": float(np.corrcoef(img_pred, img_true)[0, 1]),
+        # None when the probe predicts one clutter fraction for every image (no correlation defined)
+        "image_clutter_fraction_corr": float(np.corrcoef(img_pred, img_true)[0, 1]) if img_pred.std() > 0 else None,
         "image_clutter_fraction_range": [float(img_true.min()), float(img_true.max())],
     }
 
