@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -71,6 +72,8 @@ class BagRunConfig:
     #: on a GPU provider, run despite an encoder that does not match onnxruntime CPU (a warning)
     parity_warn_only: bool = False
     overwrite_map: bool = False  # let save_map replace an existing file (never a prior map)
+    #: local re-ranking on (True) or off (False) whatever the preset says; None: the preset's
+    rerank: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -273,8 +276,11 @@ def run_bag(cfg: BagRunConfig) -> BagRunResult:
                 log.warning("skipped the image at %.3f s: %s", stamp, encoding)
                 continue
             if pipeline is None:
+                engine_cfg = get_engine_config(cfg.engine_preset)
+                if cfg.rerank is not None:
+                    engine_cfg = dataclasses.replace(engine_cfg, rerank=dataclasses.replace(engine_cfg.rerank, enabled=cfg.rerank))
                 pipeline = LoopClosurePipeline.from_files(
-                    cfg.model, get_engine_config(cfg.engine_preset), session_id, cfg.prior_maps,
+                    cfg.model, engine_cfg, session_id, cfg.prior_maps,
                     _base_T_camera(static, base_frame, cam_frame), cfg.providers, cfg.parity_warn_only)
             try:
                 closures += pipeline.process(stamp, image, encoding, odom_T_base=odom_T_base,
@@ -374,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--camera-info-topic")
     p.add_argument("--odom-topic")
     p.add_argument("--prior-map", type=Path, action="append", default=[], help="earlier session map (repeatable)")
+    rr = p.add_mutually_exclusive_group()
+    rr.add_argument("--rerank", dest="rerank", action="store_const", const=True, default=None,
+                    help="local re-ranking on (needs a model with local outputs), whatever the preset says")
+    rr.add_argument("--no-rerank", dest="rerank", action="store_const", const=False, help="local re-ranking off")
     p.add_argument("--save-map", type=Path, help="write this session's map here (an existing file is refused)")
     p.add_argument("--overwrite", action="store_true", help="let --save-map replace an existing file")
     p.add_argument("--groundtruth", type=Path, action="append", default=[],
@@ -399,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                        sync_tolerance_s=args.sync_tolerance_s, base_frame=args.base_frame,
                        lio_sam=LioSamConfig(args.lio_sam_min_time_diff_s, args.lio_sam_min_period_s),
                        parity_warn_only=args.parity_warn_only,
-                       overwrite_map=args.overwrite)
+                       overwrite_map=args.overwrite, rerank=args.rerank)
     res = run_bag(cfg)
     for c in res.closures:
         print(f"closure {c.query_session}/{c.query_id} @ {c.query_stamp:.2f}s -> {c.match_session}/{c.match_id} "

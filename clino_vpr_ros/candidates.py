@@ -55,7 +55,7 @@ class Candidate:
 
     ``query_seq``/``match_seq`` are positions in the query's session and in the matched map
     (row numbers, time order); ``source`` says which map: -1 the live session, i >= 0 the i-th
-    prior map.
+    prior map. ``rerank_matches``: mutual token matches from local re-ranking (-1: not re-ranked).
     """
 
     query_seq: int
@@ -68,6 +68,7 @@ class Candidate:
     source: int = -1
     normalized_score: float = 0.0
     consistency: int = 0
+    rerank_matches: int = -1
 
 
 @dataclass

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +30,7 @@ from clino_vpr_ros.camera import CameraCalibration, undistort_features
 from clino_vpr_ros.candidates import Candidate, CandidateConfig, CandidateFilter
 from clino_vpr_ros.index import IndexConfig, KeyframeIndex
 from clino_vpr_ros.keyframes import KeyframeConfig, KeyframeSelector, rotation_angle_deg
+from clino_vpr_ros.rerank import RerankConfig, rerank, select_tokens
 from clino_vpr_ros.sequence import SequenceConfig, best_match, sequence_scores, track_positions
 from clino_vpr_ros.session_map import MapWriter, SessionMap, SessionMapBuilder, check_compatible
 from clino_vpr_ros.triangulate import Neighbour, TriangulationConfig, camera_motion, with_triangulated_depths
@@ -60,6 +63,7 @@ class EngineConfig:
     index: IndexConfig = IndexConfig()
     candidates: CandidateConfig = CandidateConfig()
     sequence: SequenceConfig = SequenceConfig()
+    rerank: RerankConfig = RerankConfig()
     verify: VerifyConfig = VerifyConfig()
     triangulation: TriangulationConfig = TriangulationConfig()
     frame_id: str = "odom"
@@ -86,8 +90,8 @@ ENGINE_PRESETS: dict[str, EngineConfig] = {
     # keyframe with a verified match; thresholds chosen on validation towns 961/962. 5-9x the recall of
     # "default" on held-out towns, but not yet precision 1.0 everywhere (models/README.md)
     "sequence": EngineConfig(sequence=_SEQUENCE),
-    # HNSW keeps query time ~flat beyond ~100k keyframes at a small recall cost (see `clino-vpr bench index`)
-    "large_map": EngineConfig(index=IndexConfig(kind="hnsw")),
+    # exact below 20k keyframes, above a PQ shortlist re-ranked exactly: 2.2 ms CPU at 1M, recall@1 0.996 (`clino-vpr bench index`)
+    "large_map": EngineConfig(index=IndexConfig(kind="pq")),
     # fewer, more certain closures: ORB-SLAM3-like 4 consecutive matches, cuVGL-like 40 inliers
     "strict": EngineConfig(candidates=CandidateConfig(min_consecutive=4, min_score=0.7), verify=VerifyConfig(min_inliers=40)),
     # more closures for a robust back end (GNC / switchable constraints): sequences of 3 keyframes, margin 0.1;
@@ -118,6 +122,9 @@ class FrameInput:
     metres aligned with the image, or None. camera: the full calibration (K, distortion, size)
     instead of ``K`` (not both): keypoints are undistorted before they are stored and verified,
     and an image of another size than the calibration's is refused (ValueError).
+    local_values float32 (P,C) / local_attention float32 (P,): the encoder's re-ranking outputs
+    (``EncoderOutput.local_values[i]``, ``local_attention[i]``) or None (a model without them):
+    the keyframe keeps :func:`~clino_vpr_ros.rerank.select_tokens` of them in its map.
     """
 
     stamp: float
@@ -127,6 +134,8 @@ class FrameInput:
     odom_T_base: np.ndarray | None = None
     depth: np.ndarray | None = None
     camera: CameraCalibration | None = None
+    local_values: np.ndarray | None = None
+    local_attention: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -292,7 +301,9 @@ class LoopClosureEngine:
         self._live_odom_count = 0
         self._next_id = 0
         self._last_autosave_clock: float | None = None
-        self._counts = {"frames": 0, "candidates": 0, "verified": 0, "rejected": 0, "unverifiable": 0, "published": 0}
+        self._counts = {"frames": 0, "candidates": 0, "verified": 0, "rejected": 0, "unverifiable": 0, "published": 0,
+                        "reranked": 0}
+        self.stage_ms: dict[str, float] = {}  # the last keyframe's time per stage (see :meth:`process`)
 
     def load_prior_map(self, path: str | Path) -> SessionMap:
         """Load an earlier session map read-only and query against it from now on.
@@ -428,38 +439,90 @@ class LoopClosureEngine:
         odom = None if frame.odom_T_base is None else np.asarray(frame.odom_T_base, np.float64)
         if not self._selector.accept(frame.stamp, desc, odom):
             return FrameResult(False, -1, [])
+        self.stage_ms = {}
+        t0 = time.perf_counter()
         features = None
         if frame.image is not None:
             features = extract_features(to_gray(frame.image), self.cfg.verify, frame.depth)
             # stored and verified as pinhole pixels of K (clino_vpr_ros/camera.py): one meaning in every map
             features = undistort_features(features, frame.camera)
+        tokens = None
+        if frame.local_values is not None and frame.local_attention is not None:
+            tokens = select_tokens(frame.local_values, frame.local_attention, self.cfg.rerank)
+        self._add_stage("features", t0)
         K = frame.camera.K if frame.camera is not None else None if frame.K is None else np.asarray(frame.K, np.float64)
-        return self._add_keyframe(self._next_id, frame.stamp, desc, odom, K, features)
+        return self._add_keyframe(self._next_id, frame.stamp, desc, odom, K, features, tokens)
+
+    def _add_stage(self, name: str, since: float) -> float:
+        """Add the time since ``since`` to stage ``name`` of :attr:`stage_ms`; returns now."""
+        now = time.perf_counter()
+        self.stage_ms[name] = self.stage_ms.get(name, 0.0) + (now - since) * 1e3
+        return now
 
     def replay_keyframe(self, smap: SessionMap, row: int) -> FrameResult:
         """Feed a stored keyframe (descriptor, pose, K, local features) as the next query keyframe,
         keeping its id; used to find closures between saved maps offline (``clino-vpr merge --detect``)."""
         desc = self._validated_descriptor(smap.descriptors[row])
         self._counts["frames"] += 1
+        self.stage_ms = {}
         return self._add_keyframe(int(smap.ids[row]), float(smap.stamps[row]), desc, smap.pose(row),
-                                  smap.intrinsics_of(row), smap.features(row))
+                                  smap.intrinsics_of(row), smap.features(row), smap.tokens(row))
 
     def _add_keyframe(self, kf_id: int, stamp: float, desc: np.ndarray, odom: np.ndarray | None, K: np.ndarray | None,
-                      features: LocalFeatures | None) -> FrameResult:
+                      features: LocalFeatures | None, tokens: np.ndarray | None = None) -> FrameResult:
+        t0 = time.perf_counter()
         query_seq = len(self._live)
         if self.cfg.sequence.enabled:
             self._append_position(odom)
-            per_source = self._sequence_candidates(desc, stamp, query_seq)
+            per_source = self._sequence_candidates(desc, stamp, query_seq, tokens)
+            t0 = self._add_stage("sequence", t0)
+            self.stage_ms["sequence"] -= self.stage_ms.get("rerank", 0.0)  # counted in its own stage
         else:
             candidates = self._retrieve(desc, stamp, query_seq)
+            t0 = self._add_stage("retrieval", t0)
+            candidates = self._reranked(candidates, tokens)
+            t0 = self._add_stage("rerank", t0)
             per_source = [self._filter.update(query_seq, self._reference_score(desc), candidates)]
+            if self._rerank_active(candidates):  # the filter sorts by score: back to the re-ranked order
+                rank = {(c.source, c.match_seq): i for i, c in enumerate(candidates)}
+                per_source = [sorted(ready, key=lambda c: rank[(c.source, c.match_seq)])[:1] for ready in per_source]
         self._next_id = max(self._next_id, kf_id + 1)
-        self._live.append(kf_id, stamp, desc, odom, K, features)
+        self._live.append(kf_id, stamp, desc, odom, K, features, tokens)
         self._index.add(kf_id, desc, stamp)
         if self._fleet is not None:
             self._fleet.enqueue(kf_id, stamp, desc, odom, len(self._live) - 1)
+        t0 = self._add_stage("retrieval", t0)
         closures = [c for ready in per_source for c in self._verify_ready(ready, kf_id, stamp, odom, K, features)]
+        self._add_stage("verification", t0)
+        if "pose" in self.stage_ms:  # triangulation + PnP ran inside verification: count it once
+            self.stage_ms["verification"] -= self.stage_ms["pose"]
         return FrameResult(True, kf_id, closures)
+
+    # ------------------------------------------------------------------ local re-ranking
+    def _tokens_of(self, source: int, row: int) -> np.ndarray | None:
+        """Re-ranking tokens of a candidate's keyframe (None: none stored, e.g. an older map or a fleet hit)."""
+        if source == FLEET_SOURCE:
+            return None
+        return self._live.tokens(row) if source < 0 else self._priors[source].smap.tokens(row)
+
+    def _reranked(self, candidates: list[Candidate], tokens: np.ndarray | None) -> list[Candidate]:
+        """The top ``rerank.top_k`` candidates ordered by mutual-nearest-neighbour count (rerank module),
+        then the others; unchanged when re-ranking is off, the query has no tokens or a candidate has
+        none (an older map): the descriptor order stands then."""
+        cfg = self.cfg.rerank
+        if not cfg.enabled or tokens is None or not len(tokens) or not candidates:
+            return candidates
+        head, tail = candidates[: cfg.top_k], candidates[cfg.top_k:]
+        cand_tokens = [self._tokens_of(c.source, c.match_seq) for c in head]
+        if any(t is None for t in cand_tokens):
+            return candidates
+        order, counts = rerank(tokens, cand_tokens, [c.score for c in head], cfg.min_similarity, cfg.match_weight)
+        self._counts["reranked"] += 1
+        return [replace(head[i], rerank_matches=int(counts[i])) for i in order] + tail
+
+    @staticmethod
+    def _rerank_active(candidates: list[Candidate]) -> bool:
+        return any(c.rerank_matches >= 0 for c in candidates)
 
     # ------------------------------------------------------------------ sequence scoring
     def _append_position(self, odom: np.ndarray | None) -> None:
@@ -471,7 +534,8 @@ class LoopClosureEngine:
             self._last_odom = odom
             self._live_odom_count += 1
 
-    def _sequence_candidates(self, desc: np.ndarray, stamp: float, query_seq: int) -> list[list[Candidate]]:
+    def _sequence_candidates(self, desc: np.ndarray, stamp: float, query_seq: int,
+                             tokens: np.ndarray | None = None) -> list[list[Candidate]]:
         """Per map (live first, then priors): the candidates to verify, best place first, then its
         better-looking neighbour (the aligned place is +-1 keyframe of the true one)."""
         cfg = self.cfg.sequence
@@ -486,13 +550,14 @@ class LoopClosureEngine:
             pos = np.asarray(self._live_pos[:n_rows], np.float64)
             track = _Track(np.arange(n_rows), self._live.descriptors_upto(n_rows), pos if self._live_odom_count >= 2 else None,
                            np.arange(n_rows, dtype=np.float64))
-            out.append(self._track_candidates(track, window, q_metric, q_order, desc, query_seq, stamp, -1))
+            out.append(self._track_candidates(track, window, q_metric, q_order, desc, query_seq, stamp, -1, tokens))
         for p_i, prior in enumerate(self._priors):
-            out.append(self._track_candidates(prior.track, window, q_metric, q_order, desc, query_seq, stamp, p_i))
+            out.append(self._track_candidates(prior.track, window, q_metric, q_order, desc, query_seq, stamp, p_i, tokens))
         return [c for c in out if c]
 
     def _track_candidates(self, track: _Track, window: np.ndarray, q_metric: np.ndarray, q_order: np.ndarray,
-                          desc: np.ndarray, query_seq: int, stamp: float, source: int) -> list[Candidate]:
+                          desc: np.ndarray, query_seq: int, stamp: float, source: int,
+                          tokens: np.ndarray | None = None) -> list[Candidate]:
         cfg = self.cfg.sequence
         metric = track.metric_pos is not None and np.all(np.isfinite(q_metric))
         map_pos, q_pos = (track.metric_pos, q_metric) if metric else (track.order_pos, q_order)
@@ -502,9 +567,11 @@ class LoopClosureEngine:
         if m is None:
             return []
         self._counts["candidates"] += 1
-        picks = [m.row] + sorted((j for j in (m.row - 1, m.row + 1) if 0 <= j < len(track.rows)
-                                  and abs(map_pos[j] - map_pos[m.row]) < _SESSION_GAP / 2),
+        near = lambda j: 0 <= j < len(track.rows) and abs(map_pos[j] - map_pos[m.row]) < _SESSION_GAP / 2  # noqa: E731
+        picks = [m.row] + sorted((j for j in (m.row - 1, m.row + 1) if near(j)),
                                  key=lambda j: -float(track.descriptors[j] @ desc))[:1]
+        if self.cfg.rerank.enabled and tokens is not None and len(tokens):
+            picks = self._reranked_picks(m.row, near, track, desc, tokens, source) or picks
         out = []
         for j in picks:
             r = int(track.rows[j])
@@ -515,6 +582,23 @@ class LoopClosureEngine:
                 kf_id, m_stamp, session = int(smap.ids[r]), float(smap.stamps[r]), smap.session_of(r)
             out.append(Candidate(query_seq, stamp, session, r, kf_id, m_stamp, m.score, source, m.z, m.length))
         return out
+
+    def _reranked_picks(self, best: int, near: Callable[[int], bool], track: _Track, desc: np.ndarray, tokens: np.ndarray,
+                        source: int) -> list[int]:
+        """The sequence match's neighbourhood (the ``rerank.top_k`` track rows nearest ``best``, same
+        session) re-ranked by mutual matches: its best row only (empty: some row has no tokens)."""
+        t0 = time.perf_counter()
+        half = self.cfg.rerank.top_k // 2
+        rows = sorted((j for j in range(best - half, best + half + 1) if near(j)), key=lambda j: abs(j - best))
+        rows = rows[: self.cfg.rerank.top_k]
+        cand = [self._tokens_of(source, int(track.rows[j])) for j in rows]
+        if any(t is None for t in cand):
+            return []
+        order, _ = rerank(tokens, cand, [float(track.descriptors[j] @ desc) for j in rows], self.cfg.rerank.min_similarity,
+                          self.cfg.rerank.match_weight)
+        self._counts["reranked"] += 1
+        self._add_stage("rerank", t0)
+        return [rows[int(order[0])]]
 
     def _reference_score(self, desc: np.ndarray) -> float | None:
         n = len(self._live)
@@ -577,9 +661,11 @@ class LoopClosureEngine:
                 self._counts["unverifiable"] += 1
                 v = None
             else:
+                t_pose = time.perf_counter()
                 m_tri = self._with_depth(c, features, K, m_feat, m_K, m_pose, m_bTc)
                 v = verify_pair(features, K, m_tri, m_K, self.cfg.verify)
-                if m_tri is not m_feat:
+                if m_tri is not m_feat:  # metric pose without depth: triangulation + PnP
+                    self._add_stage("pose", t_pose)
                     v = self._checked_triangulated(v, verify_pair(features, K, m_feat, m_K, self.cfg.verify))
                 self._counts["verified" if v.accepted else "rejected"] += 1
                 if not v.accepted:

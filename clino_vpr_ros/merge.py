@@ -334,6 +334,10 @@ def merged_map(maps: Sequence[SessionMap], result: MergeResult) -> SessionMap:
             local[j] = [d["id"] for d in sessions].index(s) if s in result.session_T else -1
         parts.append((smap, rows, np.array([local[int(smap.session_index[r])] for r in rows], dtype=np.int32)))
     poses, offsets, kp, fd, kd = [], [0], [], [], []
+    # re-ranking tokens are kept only when every part has them of one width (else none: descriptor order)
+    widths = {m.rerank_tokens.shape[1] for m, _, _ in parts}
+    keep_tokens = len(widths) == 1 and 0 not in widths
+    t_offsets, toks = [0], []
     for smap, rows, _ in parts:
         for r in rows:
             s = smap.session_of(r)
@@ -346,6 +350,9 @@ def merged_map(maps: Sequence[SessionMap], result: MergeResult) -> SessionMap:
             a, b = smap.feature_offsets[r], smap.feature_offsets[r + 1]
             kp.append(smap.keypoints[a:b]); fd.append(smap.feature_descriptors[a:b]); kd.append(smap.keypoint_depths[a:b])
             offsets.append(offsets[-1] + b - a)
+            ta, tb = (smap.token_offsets[r], smap.token_offsets[r + 1]) if keep_tokens else (0, 0)
+            toks.append(smap.rerank_tokens[ta:tb])
+            t_offsets.append(t_offsets[-1] + tb - ta)
     first = maps[0]
     header = {k: v for k, v in first.header.items() if k not in ("sessions",)}
     header.update(sessions=sessions, merged_session_id=f"merged:{result.reference_session}",
@@ -359,6 +366,8 @@ def merged_map(maps: Sequence[SessionMap], result: MergeResult) -> SessionMap:
         keypoints=np.concatenate(kp).astype(np.float32) if kp else np.zeros((0, 2), np.float32),
         feature_descriptors=np.concatenate(fd) if fd else first.feature_descriptors[:0],
         keypoint_depths=np.concatenate(kd).astype(np.float32) if kd else np.zeros(0, np.float32),
+        token_offsets=np.array(t_offsets, np.int64),
+        rerank_tokens=np.concatenate(toks).astype(np.float16) if keep_tokens and toks else np.zeros((0, 0), np.float16),
     )
 
 

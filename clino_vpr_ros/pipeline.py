@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,13 +31,16 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PipelineResult:
     """frame_result from the engine; descriptor float32 (D,) and mask float32 (1,h,w) from the
-    encoder (None when the frame was skipped before encoding); timings in milliseconds."""
+    encoder (None when the frame was skipped before encoding); timings in milliseconds; stages:
+    milliseconds per stage of this frame (encode, and for a keyframe the engine's: features,
+    retrieval or sequence, rerank, verification, pose; "other" is the rest of total_ms)."""
 
     frame_result: FrameResult
     descriptor: np.ndarray | None
     mask: np.ndarray | None
     encode_ms: float
     total_ms: float
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 class LoopClosurePipeline:
@@ -67,6 +70,9 @@ class LoopClosurePipeline:
 
         encoder = RuntimeEncoder(model_path, providers=providers)
         check_provider_parity(encoder, warn_only=parity_warn_only)
+        if engine_cfg.rerank.enabled and not encoder.has_local_outputs:
+            log.warning("local re-ranking is on but %s has no local outputs: re-ranking off, descriptor order "
+                        "(add them with `clino-vpr export --add-local-outputs`)", Path(model_path).name)
         engine = LoopClosureEngine(engine_cfg, int(encoder.metadata.descriptor_dim), encoder.metadata.fingerprint,
                                    session_id, base_T_camera)
         for path in prior_maps:
@@ -92,8 +98,13 @@ class LoopClosurePipeline:
         # one conversion serves both: the encoder and the local features see the same 8-bit RGB
         # (local features on a raw Bayer mosaic would match the pattern, not the scene)
         rgb = to_rgb8(image, encoding)
-        descriptor, mask = self.encoder.encode_one(rgb, encoding="rgb8")
+        out = self.encoder.encode([rgb], encoding="rgb8")
+        descriptor, mask = out.descriptors[0], out.masks[0]
+        local = (None, None) if out.local_values is None else (out.local_values[0], out.local_attention[0])
         t1 = time.perf_counter()
         gray = to_gray(rgb, "rgb8")
-        result = self.engine.process(FrameInput(stamp, descriptor, gray, K, odom_T_base, depth, camera))
-        return PipelineResult(result, descriptor, mask, (t1 - t0) * 1e3, (time.perf_counter() - t0) * 1e3)
+        result = self.engine.process(FrameInput(stamp, descriptor, gray, K, odom_T_base, depth, camera, *local))
+        total = (time.perf_counter() - t0) * 1e3
+        stages = {"encode": (t1 - t0) * 1e3, **(self.engine.stage_ms if result.is_keyframe else {})}
+        stages["other"] = max(total - sum(stages.values()), 0.0)
+        return PipelineResult(result, descriptor, mask, (t1 - t0) * 1e3, total, stages)

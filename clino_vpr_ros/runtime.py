@@ -30,6 +30,10 @@ LOG = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("descriptor", "gate_mask")
+#: optional outputs for local re-ranking (EffoVPR idea, :mod:`clino_vpr_ros.rerank`): the value vectors
+#: float32 (B,P,C) of one intermediate backbone layer's patch tokens and the CLS token's attention
+#: float32 (B,P) to them in that layer (mean over heads). Models exported before re-ranking lack them.
+LOCAL_OUTPUT_NAMES = ("local_values", "local_attention")
 #: bumped when the ONNX interface (names, layout, metadata keys) changes
 ONNX_SCHEMA_VERSION = 1
 ONNX_FORMAT = "clino_vpr_ros.gated_encoder"
@@ -55,6 +59,8 @@ class ModelMetadata:
     mask_size: (h, w) of the gate mask. preset: model preset name. fingerprint: weights fingerprint
     of the PyTorch model it was exported from. fp16: fp16 towers. resize: how a camera frame is
     brought to ``input_size`` (``config.RESIZE_POLICIES``; absent in older models, which mean "area").
+    local_layer: the backbone layer (0-based) whose patch tokens the :data:`LOCAL_OUTPUT_NAMES`
+    outputs hold; None when the model has no such outputs.
     """
 
     input_size: tuple[int, int]
@@ -66,10 +72,12 @@ class ModelMetadata:
     package_version: str = ""
     config_json: str = field(default="", repr=False)
     resize: str = "area"
+    local_layer: int | None = None
 
     def to_props(self) -> dict[str, str]:
         """ONNX metadata_props (string -> string)."""
-        return {
+        local = {} if self.local_layer is None else {"local_layer": str(self.local_layer)}
+        return {**local,
             "format": ONNX_FORMAT,
             "schema_version": str(ONNX_SCHEMA_VERSION),
             "input_name": INPUT_NAME,
@@ -115,6 +123,7 @@ class ModelMetadata:
                 package_version=props.get("package_version", ""),
                 config_json=props.get("model_config", ""),
                 resize=_parse_resize(props.get("resize_policy", "area")),
+                local_layer=int(props["local_layer"]) if props.get("local_layer", "") != "" else None,
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{source} has incomplete or malformed clino_vpr_ros metadata: {exc!r}") from exc
@@ -127,10 +136,16 @@ class ModelMetadata:
 
 @dataclass(frozen=True)
 class EncoderOutput:
-    """descriptors float32 (N,D) L2-normalised, C-contiguous; masks float32 (N,1,h,w) in [0,1]."""
+    """descriptors float32 (N,D) L2-normalised, C-contiguous; masks float32 (N,1,h,w) in [0,1].
+
+    local_values float32 (N,P,C) and local_attention float32 (N,P): the re-ranking outputs
+    (:data:`LOCAL_OUTPUT_NAMES`), None when the model has none.
+    """
 
     descriptors: np.ndarray
     masks: np.ndarray
+    local_values: np.ndarray | None = None
+    local_attention: np.ndarray | None = None
 
 
 def select_providers(requested: Sequence[str] | None = None) -> list[str]:
@@ -207,7 +222,10 @@ class RuntimeEncoder:
             )
         self.providers = tensorrt_usable(self.providers, self.metadata.fp16)
         self._session = self._open_session()
-        self._check_io()
+        self.has_local_outputs = self._check_io()
+        if not self.has_local_outputs:
+            LOG.info("%s has no %s outputs (exported before local re-ranking): re-ranking is off with it; "
+                     "`clino-vpr export --add-local-outputs` adds them", self.model_path.name, "/".join(LOCAL_OUTPUT_NAMES))
         LOG.info(
             "runtime encoder %s: preset %s, %s, D=%d, providers %s",
             self.model_path.name,
@@ -233,17 +251,15 @@ class RuntimeEncoder:
             return EncoderOutput(
                 np.zeros((0, self.metadata.descriptor_dim), np.float32), np.zeros((0, 1, h, w), np.float32)
             )
-        descs, masks = [], []
+        names = list(OUTPUT_NAMES) + (list(LOCAL_OUTPUT_NAMES) if self.has_local_outputs else [])
+        parts: list[list[np.ndarray]] = [[] for _ in names]
         for start in range(0, len(images), self.batch_size):
             chunk = list(images[start : start + self.batch_size])
             batch = to_model_batch(chunk, self.metadata.input_size, encoding, self.metadata.resize)
-            d, m = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-            descs.append(d)
-            masks.append(m)
-        return EncoderOutput(
-            np.ascontiguousarray(np.concatenate(descs), dtype=np.float32),
-            np.ascontiguousarray(np.concatenate(masks), dtype=np.float32),
-        )
+            for acc, value in zip(parts, self._session.run(names, {INPUT_NAME: batch})):
+                acc.append(value)
+        out = [np.ascontiguousarray(np.concatenate(p), dtype=np.float32) for p in parts]
+        return EncoderOutput(*out)
 
     def encode_one(self, image: np.ndarray, encoding: str = "rgb8") -> tuple[np.ndarray, np.ndarray]:
         """One image -> (descriptor float32 (D,), mask float32 (1,h,w))."""
@@ -289,14 +305,17 @@ class RuntimeEncoder:
             return {}
         return tensorrt_options(self.metadata, self.trt_cache_dir, self.batch_size)
 
-    def _check_io(self) -> None:
+    def _check_io(self) -> bool:
+        """Refuse a model of another interface; True when it also has the local re-ranking outputs."""
         inputs = self._session.get_inputs()
-        outputs = [o.name for o in self._session.get_outputs()]
-        if [i.name for i in inputs] != [INPUT_NAME] or inputs[0].type != "tensor(uint8)" or tuple(outputs) != OUTPUT_NAMES:
+        outputs = tuple(o.name for o in self._session.get_outputs())
+        ok = outputs in (OUTPUT_NAMES, OUTPUT_NAMES + LOCAL_OUTPUT_NAMES)
+        if [i.name for i in inputs] != [INPUT_NAME] or inputs[0].type != "tensor(uint8)" or not ok:
             raise ValueError(
-                f"{str(self.model_path)!r} has inputs {[(i.name, i.type) for i in inputs]} and outputs {outputs}; "
-                f"expected {INPUT_NAME!r} uint8 -> {OUTPUT_NAMES}"
+                f"{str(self.model_path)!r} has inputs {[(i.name, i.type) for i in inputs]} and outputs {list(outputs)}; "
+                f"expected {INPUT_NAME!r} uint8 -> {OUTPUT_NAMES} (+ optionally {LOCAL_OUTPUT_NAMES})"
             )
+        return outputs == OUTPUT_NAMES + LOCAL_OUTPUT_NAMES
 
 
 def parity_images(image_size: tuple[int, int], n: int = 4, seed: int = 0) -> np.ndarray:

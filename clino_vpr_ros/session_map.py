@@ -17,7 +17,14 @@ array                  dtype, shape       meaning
 ``keypoints``          float32 (M,2)      pixel (x, y)
 ``feature_descriptors`` uint8 (M,F)      ORB (F=32) / SIFT (F=128) descriptors
 ``keypoint_depths``    float32 (M,)       metres at each keypoint; NaN = unknown
+``token_offsets``      int64 (N+1,)       keyframe i owns re-ranking tokens [off[i], off[i+1])
+``rerank_tokens``      float16 (T,C)      local re-ranking tokens (:mod:`clino_vpr_ros.rerank`),
+                                          L2-normalised; C = 0 when the map has none
 =====================  =================  ==================================================
+
+``token_offsets`` and ``rerank_tokens`` are absent from maps written before local re-ranking: such
+a map loads with no tokens for any keyframe, and the engine does not re-rank candidates among
+its keyframes (descriptor order, as before).
 
 The header records ``schema_version``, the encoder ``fingerprint`` and ``descriptor_dim`` (a map
 is refused by an engine running another model), ``frame_id``, the local ``feature`` type and the
@@ -27,7 +34,8 @@ the previous map intact (a stale ``.<name>.tmp-<pid>`` file may remain and is ig
 
 Local features stay on disk: :meth:`SessionMap.load` memory-maps them (read per keyframe with
 ``pread``), and :class:`SessionMapBuilder` spools a live session's to an unlinked temporary file;
-resident memory per keyframe is a few hundred bytes beyond the keyframe index.
+resident memory per keyframe is a few hundred bytes beyond the keyframe index. The re-ranking
+tokens (16 x 192 x 2 = 6 kB per keyframe with the shipped model) are kept on disk the same way.
 
 A map is the user's data: :meth:`SessionMap.save` never replaces an existing file unless told to,
 and every writer of the package (the node's autosave / ``~/save_map`` / shutdown save, the engine,
@@ -65,7 +73,9 @@ _ARRAYS = (
 )
 # the local features are ~95 % of a map's bytes (SIFT: ~70 kB per keyframe) and only a few
 # keyframes' worth is read per query, so a loaded map keeps them on disk (memory-mapped)
-_MAPPED = ("keypoints", "feature_descriptors", "keypoint_depths")
+_MAPPED = ("keypoints", "feature_descriptors", "keypoint_depths", "rerank_tokens")
+#: arrays a map written before local re-ranking lacks (filled in as "no tokens" on load)
+_OPTIONAL = ("token_offsets", "rerank_tokens")
 
 
 @dataclass
@@ -87,13 +97,26 @@ class SessionMap:
     keypoints: np.ndarray
     feature_descriptors: np.ndarray
     keypoint_depths: np.ndarray
+    token_offsets: np.ndarray | None = None
+    rerank_tokens: np.ndarray | None = None
     path: Path | None = field(default=None, compare=False)
     # the map file as opened by :meth:`load`: memory-mapped arrays are read from it with pread,
     # so reading features does not map file pages into this process (they would count as resident)
     _file: object = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.token_offsets is None:  # a map without re-ranking tokens (older, or built without them)
+            self.token_offsets = np.zeros(len(self.ids) + 1, np.int64)
+        if self.rerank_tokens is None:
+            self.rerank_tokens = np.zeros((0, 0), np.float16)
+
     def __len__(self) -> int:
         return len(self.ids)
+
+    def tokens(self, row: int) -> np.ndarray | None:
+        """float16 (n,C) re-ranking tokens of one keyframe (in-memory copy), or None when it has none."""
+        a, b = int(self.token_offsets[row]), int(self.token_offsets[row + 1])
+        return None if b == a else self._rows(self.rerank_tokens, a, b)
 
     @property
     def fingerprint(self) -> str:
@@ -166,7 +189,7 @@ class SessionMap:
         self.validate()
         header = {**self.header, "schema_version": SCHEMA_VERSION, "format": FORMAT_NAME,
                   "n_keyframes": len(self), "saved_unix": time.time()}
-        arrays = {name: getattr(self, name) for name in _ARRAYS}
+        arrays = {name: getattr(self, name) for name in (*_ARRAYS, *_OPTIONAL)}
         arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         t0 = time.perf_counter()
         try:
@@ -201,10 +224,11 @@ class SessionMap:
         file = open(path, "rb")  # noqa: SIM115 - lives with the map, or closed below
         try:
             with zipfile.ZipFile(file) as zf:
-                raw = {name: _memmap_member(file, zf, name) for name in _MAPPED}
+                mapped = {name: _memmap_member(file, zf, name) for name in _MAPPED}
             file.seek(0)  # np.load reads from the current position
             with np.load(file, allow_pickle=False) as z:
-                raw = {name: z[name] if raw.get(name) is None else raw[name] for name in (*_ARRAYS, "header")}
+                present = [*_ARRAYS, "header", *(name for name in _OPTIONAL if name in z.files)]
+                raw = {name: z[name] if mapped.get(name) is None else mapped[name] for name in present}
             header = json.loads(bytes(raw.pop("header")).decode("utf-8"))
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as e:
             file.close()
@@ -216,7 +240,7 @@ class SessionMap:
             raise ValueError(f"{path} is an .npz file but not a clino-vpr session map (no {FORMAT_NAME!r} header)")
         if header.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"{path} has map schema version {header.get('schema_version')}; this version reads {SCHEMA_VERSION}")
-        if not any(isinstance(raw[name], np.memmap) for name in _MAPPED):
+        if not any(isinstance(raw.get(name), np.memmap) for name in _MAPPED):
             file.close()
             file = None
         smap = cls(header=header, path=path, _file=file, **raw)
@@ -251,6 +275,12 @@ class SessionMap:
             raise ValueError("session_index points outside the header's sessions list")
         if not np.all(np.isfinite(self.descriptors)):
             raise ValueError("descriptors contain NaN or Inf")
+        t = self.rerank_tokens
+        if self.token_offsets.shape != (n + 1,) or self.token_offsets.dtype != np.int64 or t.ndim != 2 or t.dtype != np.float16:
+            raise ValueError(f"re-ranking tokens are {t.dtype} {t.shape} with offsets {self.token_offsets.dtype} "
+                             f"{self.token_offsets.shape}, expected float16 (T,C) and int64 {(n + 1,)}")
+        if self.token_offsets[0] != 0 or self.token_offsets[-1] != len(t) or np.any(np.diff(self.token_offsets) < 0):
+            raise ValueError("token_offsets must rise from 0 to the number of re-ranking tokens")
 
 
 def _memmap_member(f: BinaryIO, zf: zipfile.ZipFile, name: str) -> np.memmap | None:
@@ -374,13 +404,21 @@ class SessionMapBuilder:
         self._keypoints = _Spool(np.float32, (2,), spool_dir)
         self._feature_desc = _Spool(np.uint8, (self._width,), spool_dir)
         self._depths = _Spool(np.float32, (), spool_dir)
+        self._spool_dir = spool_dir
+        self._tokens: _Spool | None = None  # created with the first tokens (their width C is the model's)
+        self._token_offsets = [0]
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def append(self, kf_id: int, stamp: float, descriptor: np.ndarray, pose: np.ndarray | None,
-               K: np.ndarray | None, features: LocalFeatures | None) -> int:
-        """Add one keyframe; returns its row. ValueError (nothing added) for features of another width."""
+               K: np.ndarray | None, features: LocalFeatures | None, tokens: np.ndarray | None = None) -> int:
+        """Add one keyframe; returns its row. ValueError (nothing added) for features or re-ranking
+        tokens (float16 (n,C)) of another width than the map's."""
+        if tokens is not None and len(tokens):
+            width = self._tokens.row_shape[0] if self._tokens is not None else None
+            if np.ndim(tokens) != 2 or (width is not None and np.shape(tokens)[1] != width):
+                raise ValueError(f"re-ranking tokens are {np.shape(tokens)}, this map holds ({width},)-wide tokens")
         if features is not None and len(features) and np.shape(features.descriptors)[1:] != (self._width,):
             raise ValueError(f"local feature descriptors are {np.shape(features.descriptors)}, this map holds "
                              f"{self.header['feature']} ({self._width} bytes each)")
@@ -397,6 +435,13 @@ class SessionMapBuilder:
                                   (self._depths, features.depths)):
                 spool.write(at, values)
             end = at + len(features)
+        t_end = self._token_offsets[-1]
+        if tokens is not None and len(tokens):
+            if self._tokens is None:
+                self._tokens = _Spool(np.float16, (np.shape(tokens)[1],), self._spool_dir)
+            self._tokens.write(t_end, tokens)
+            t_end += len(tokens)
+        self._token_offsets.append(t_end)
         self._offsets.append(end)  # committed: rows and offsets grow only once every write is done
         self._rows.append((int(kf_id), float(stamp), nan4 if pose is None else np.asarray(pose, float),
                            nan3 if K is None else np.asarray(K, float), (int(size[0]), int(size[1]))))
@@ -419,6 +464,11 @@ class SessionMapBuilder:
         a, b = self._offsets[row], self._offsets[row + 1]
         return LocalFeatures(self._keypoints.read(a, b), self._feature_desc.read(a, b), self._depths.read(a, b), (h, w))
 
+    def tokens(self, row: int) -> np.ndarray | None:
+        """float16 (n,C) re-ranking tokens of one row (read from the spool), or None when it has none."""
+        a, b = self._token_offsets[row], self._token_offsets[row + 1]
+        return None if b == a or self._tokens is None else self._tokens.read(a, b)
+
     def row_info(self, row: int) -> tuple[int, float, np.ndarray | None, np.ndarray | None]:
         """(id, stamp, pose or None, K or None) of one row."""
         kf_id, stamp, pose, K, _ = self._rows[row]
@@ -434,6 +484,8 @@ class SessionMapBuilder:
         rows = self._rows[:]  # the first n rows: an append racing with this stays out of the snapshot
         n = len(rows)
         offsets = np.asarray(self._offsets[: n + 1], np.int64)
+        t_offsets = np.asarray(self._token_offsets[: n + 1], np.int64)
+        tokens = self._tokens.view(int(t_offsets[-1])) if self._tokens is not None else np.zeros((0, 0), np.float16)
         return SessionMap(
             header=dict(self.header),
             ids=np.array([r[0] for r in rows], np.int64),
@@ -447,12 +499,15 @@ class SessionMapBuilder:
             keypoints=self._keypoints.view(int(offsets[-1])),
             feature_descriptors=self._feature_desc.view(int(offsets[-1])),
             keypoint_depths=self._depths.view(int(offsets[-1])),
+            token_offsets=t_offsets,
+            rerank_tokens=tokens,
         )
 
     def close(self) -> None:
         """Delete the spool files (snapshots taken before stay readable: they map the unlinked files)."""
-        for spool in (self._desc, self._keypoints, self._feature_desc, self._depths):
-            spool.close()
+        for spool in (self._desc, self._keypoints, self._feature_desc, self._depths, self._tokens):
+            if spool is not None:
+                spool.close()
 
 
 def describe_map_file(path: Path) -> str:

@@ -43,7 +43,7 @@ def test_keyframes_keep_coming_when_odometry_starts_after_the_first_keyframe() -
     assert accepted == [True] * 5, "driving 2 m per second must keep making keyframes"
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "pq"])
 def test_index_excludes_the_recent_past_and_maps_ids(kind: str) -> None:
     rng = np.random.default_rng(1)
     x = _unit(rng, 100, 32)
@@ -71,7 +71,7 @@ def test_index_rejects_bad_descriptors_and_names_valid_kinds() -> None:
         index.add(0, np.full(8, np.nan, np.float32), 0.0)
     _, ids, _ = index.search(np.ones(8, np.float32) / np.sqrt(8), 2)
     assert ids.tolist() == [[-1, -1]]
-    with pytest.raises(ValueError, match="flat, hnsw"):
+    with pytest.raises(ValueError, match="flat, pq"):
         IndexConfig(kind="ivf")
 
 
@@ -116,7 +116,7 @@ def test_engine_refuses_nan_wrong_dimension_and_unnormalised_descriptors() -> No
 
 def test_presets_and_config_errors() -> None:
     assert {"default", "large_map"} <= set(ENGINE_PRESETS)
-    assert get_engine_config("large_map").index.kind == "hnsw"
+    assert get_engine_config("large_map").index.kind == "pq"
     with pytest.raises(ValueError, match="default"):
         get_engine_config("huge")
     with pytest.raises(ValueError, match="autosave_path"):
@@ -163,14 +163,14 @@ def test_engine_closes_a_loop_in_a_room_with_a_correct_metric_pose(tmp_path) -> 
 
 def test_descriptor_only_stream_publishes_unverified_closures_only_when_asked() -> None:
     """No images: nothing can be verified; with publish_unverified the consistent revisit is published
-    (verified=False, identity pose, huge covariance), without it nothing is. HNSW index on the way."""
+    (verified=False, identity pose, huge covariance), without it nothing is. large-map index on the way."""
     rng = np.random.default_rng(3)
     places = _unit(rng, 30, 64)
 
     def run(publish: bool) -> tuple[list, dict]:
         cfg = EngineConfig(
             keyframes=KeyframeConfig(min_interval_s=0.0, min_distance_m=None, min_rotation_deg=None, novelty_threshold=None),
-            index=IndexConfig(kind="hnsw", exclude_recent_s=5.0, exclude_recent_keyframes=5),
+            index=IndexConfig(kind="pq", exclude_recent_s=5.0, exclude_recent_keyframes=5),
             publish_unverified=publish,
         )
         engine = LoopClosureEngine(cfg, 64, "fp", "s")
@@ -204,18 +204,18 @@ def test_gpu_request_without_gpu_falls_back_and_the_gpu_search_path_filters_like
         assert np.all(r_gpu < n_rows)
 
 
-def test_hnsw_index_reranks_its_graph_shortlist_exactly_and_keeps_the_exclusion_window() -> None:
-    """Past hnsw_min_size the hnsw kind searches a PCA-HNSW shortlist and re-ranks it exactly: same
+def test_pq_index_reranks_its_code_shortlist_exactly_and_keeps_the_exclusion_window() -> None:
+    """Past pq_min_size the pq kind searches a PCA-PQ shortlist and re-ranks it exactly: same
     top-1 as exact search on model-shaped descriptors, recent keyframes still excluded."""
     from clino_vpr_ros.bench.descriptors import Town, session
 
     town = Town(3000, 64, seed=2)
     x = np.concatenate([session(town, s, 500, s % 3, s) for s in range(0, 2500, 500)])
-    cfg = IndexConfig(kind="hnsw", hnsw_min_size=1000, hnsw_pca_dim=48, exclude_recent_s=10.0, exclude_recent_keyframes=5)
+    cfg = IndexConfig(kind="pq", pq_min_size=1000, pq_pca_dim=48, exclude_recent_s=10.0, exclude_recent_keyframes=5)
     index = KeyframeIndex(64, cfg)
     for a in range(0, len(x), 250):
         index.add(np.arange(a, a + 250), x[a : a + 250], np.arange(a, a + 250, dtype=np.float64))
-    assert index._graph is not None and index.ef_search() >= cfg.hnsw_ef_search
+    assert index._codes is not None and index._codes.ntotal == len(index)  # trained at 1000, retrained at 2000
     queries = np.concatenate([session(town, int(p), 1, 1, 900 + i) for i, p in enumerate(range(100, 2900, 70))])
     exact = np.argmax(queries @ x[: len(x) - 9].T, axis=1)  # stamps <= 2490 are searchable
     found = [index.search(q, 3, query_stamp=float(len(x)), exclude_recent=True)[1][0, 0] for q in queries]

@@ -36,7 +36,8 @@ def test_interface_is_nhwc_uint8_with_dynamic_batch(exported) -> None:
     assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [112, 112, 3]
-    assert [o.name for o in proto.graph.output] == ["descriptor", "gate_mask"]
+    # the local re-ranking outputs (block 2 of 4 by default) follow the two the node always reads
+    assert [o.name for o in proto.graph.output] == ["descriptor", "gate_mask", "local_values", "local_attention"]
     ops = {n.op_type for n in proto.graph.node}
     # fixed size: no position-embedding interpolation and no resize in the graph
     assert "Resize" not in ops and "LayerNormalization" in ops
@@ -56,7 +57,7 @@ def test_metadata_describes_the_model(exported, model) -> None:
 def test_any_batch_size_matches_pytorch(exported, model) -> None:
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     images = parity_images((112, 112), n=5, seed=7)
-    desc, mask = session.run(None, {"images": images})
+    desc, mask = session.run(["descriptor", "gate_mask"], {"images": images})
     with torch.no_grad():
         ref_desc, ref_mask = model(torch.from_numpy(images))
     assert desc.shape == (5, 512) and mask.shape == (5, 1, 8, 8)
@@ -88,7 +89,7 @@ def test_gate_ablation_and_resized_clip_input_export(tmp_path) -> None:
     cfg = get_model_config("tiny")
     no_gate = build_encoder(cfg.replace(gate=dataclasses.replace(cfg.gate, use_gate=False))).eval()
     session = ort.InferenceSession(str(export_onnx(no_gate, tmp_path / "nogate.onnx")), providers=["CPUExecutionProvider"])
-    _, mask = session.run(None, {"images": parity_images((112, 112), n=2)})
+    _, mask = session.run(["descriptor", "gate_mask"], {"images": parity_images((112, 112), n=2)})
     assert (mask == 1.0).all()
     other_clip = build_encoder(cfg.replace(clip=dataclasses.replace(cfg.clip, image_size=96))).eval()
     export_onnx(other_clip, tmp_path / "clip96.onnx")  # parity-checked with the in-graph bilinear resize

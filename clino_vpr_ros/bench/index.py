@@ -1,4 +1,4 @@
-"""``clino-vpr bench index``: keyframe-index latency, HNSW recall and map I/O at 10k-1M keyframes.
+"""``clino-vpr bench index``: keyframe-index latency, large-map index recall and map I/O at 10k-1M keyframes.
 
 Data: descriptors with the structure of the shipped model's (:mod:`clino_vpr_ros.bench.descriptors`:
 ~90 % of the variance in ~160 of 512 dimensions, consecutive keyframes cos ~0.75, revisits
@@ -7,9 +7,12 @@ Data: descriptors with the structure of the shipped model's (:mod:`clino_vpr_ros
 of new sessions revisiting random places. Random unit vectors, which earlier versions used, are a
 different and harder problem for a graph index. Per size and index kind it measures, through
 :class:`~clino_vpr_ros.index.KeyframeIndex` as the engine uses it: the latency of one-at-a-time
-inserts at that size, the latency of one query (top-5, same-session exclusion window active),
-recall@1 against exact search on the same queries (``--ef`` adds rows at fixed efSearch values),
-and resident memory per keyframe. Then it saves and loads a session map of
+inserts at that size (median), the latency of one query on one thread (top-5, same-session exclusion window
+active) as wall-clock time and as the thread's CPU time (what it costs one core whatever else the
+machine runs), recall@1 against exact search on the same queries (``--shortlist`` adds rows at other
+shortlist sizes of the ``pq`` index), resident memory per keyframe, the build time (all inserts,
+the ``pq`` index's trainings at 20k and each doubling included) and, for ``pq``, the time one
+retraining takes at that size (the pause of the insert that doubles the map). Then it saves and loads a session map of
 ``--map-size`` keyframes (descriptors + poses; local features add ~44 bytes per ORB keypoint).
 """
 
@@ -57,6 +60,8 @@ class Row:
     recall_at_1: float | None
     bytes_per_kf: float
     build_s: float
+    cpu_ms_p50: float = float("nan")  # thread CPU time of one query
+    retrain_s: float | None = None  # pq: one retraining (PCA + codebooks + re-encoding) at this size
 
 
 def _build(kind: str, data: np.ndarray, cfg: IndexConfig, n_single: int) -> tuple[KeyframeIndex, float, float, float]:
@@ -76,25 +81,27 @@ def _build(kind: str, data: np.ndarray, cfg: IndexConfig, n_single: int) -> tupl
         index.add(i, data[i], float(i))
         times.append(time.perf_counter() - t)
     build_s = time.perf_counter() - t0
-    return index, 1e3 * float(np.mean(times)), build_s, (_rss_bytes() - rss0) / n
+    # median: the insert that doubles a pq map retrains it (its pause is the table's "retrain s" column)
+    return index, 1e3 * float(np.median(times)), build_s, (_rss_bytes() - rss0) / n
 
 
-def _query(index: KeyframeIndex, queries: np.ndarray, stamp: float) -> tuple[np.ndarray, np.ndarray]:
-    """(per-query ms, top-1 ids), one query at a time on one thread (as the node queries)."""
+def _query(index: KeyframeIndex, queries: np.ndarray, stamp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(per-query wall ms, per-query thread CPU ms, top-1 ids), one query at a time on one thread (as the node queries)."""
     import faiss
 
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
-    times, ids = [], []
+    times, cpu, ids = [], [], []
     try:
         for q in queries:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             _, i, _ = index.search(q, 5, query_stamp=stamp, exclude_recent=True)
             times.append(time.perf_counter() - t)
+            cpu.append(time.thread_time() - c)
             ids.append(i[0, 0])
     finally:
         faiss.omp_set_num_threads(threads)
-    return 1e3 * np.array(times), np.array(ids)
+    return 1e3 * np.array(times), 1e3 * np.array(cpu), np.array(ids)
 
 
 SESSION_KEYFRAMES = 2000
@@ -146,7 +153,7 @@ def _exact_top1(data: np.ndarray, queries: np.ndarray, cfg: IndexConfig) -> np.n
     return arg
 
 
-def bench_size(size: int, dim: int, n_queries: int, kinds: list[str], seed: int, efs: list[int]) -> list[Row]:
+def bench_size(size: int, dim: int, n_queries: int, kinds: list[str], seed: int, shortlists: list[int]) -> list[Row]:
     data, queries, stats = model_like_map(size, dim, n_queries, seed)
     print(f"# {size:,d} keyframes: PCA 90 % variance in {stats['pca_dims_90']} dims; cos consecutive "
           f"{stats['cos_consecutive']:.2f}, revisit {stats['cos_revisit']:.2f}, random {stats['cos_random']:.2f}", flush=True)
@@ -156,15 +163,22 @@ def bench_size(size: int, dim: int, n_queries: int, kinds: list[str], seed: int,
         cfg = IndexConfig(kind=kind)
         index, insert_ms, build_s, bpk = _build(kind, data, cfg, n_single=min(1000, size // 10))
         variants = [cfg]
-        if kind == "hnsw" and index._graph is not None:
-            # hnsw_ef_search is the value at 100k: scale it so that the row's efSearch at this size is ef
-            variants += [IndexConfig(kind=kind, hnsw_ef_search=max(1, round(ef * np.sqrt(100_000 / size)))) for ef in efs]
+        if index._codes is not None:
+            variants += [IndexConfig(kind=kind, pq_shortlist=n) for n in shortlists if n != cfg.pq_shortlist]
+        new = []
         for v_cfg in variants:
-            index.cfg = v_cfg  # efSearch is read per query; the graph is the same
-            label = f"hnsw ef{index.ef_search()}" if index._graph is not None else kind
-            q_ms, ids = _query(index, queries, stamp=float(size))
+            index.cfg = v_cfg  # the shortlist size is read per query; the codes are the same
+            label = f"{kind} sl{v_cfg.pq_shortlist}" if index._codes is not None else kind
+            q_ms, cpu_ms, ids = _query(index, queries, stamp=float(size))
             recall = float(np.mean(ids == exact))  # flat: 1.000 checks the brute-force reference
-            rows.append(Row(label, size, insert_ms, float(np.percentile(q_ms, 50)), float(np.percentile(q_ms, 99)), recall, bpk, build_s))
+            new.append(Row(label, size, insert_ms, float(np.percentile(q_ms, 50)), float(np.percentile(q_ms, 99)), recall, bpk,
+                           build_s, float(np.percentile(cpu_ms, 50))))
+        if index._codes is not None:
+            t = time.perf_counter()
+            index._train_codes()  # what the insert that doubles a map of this size pauses for
+            for r in new:
+                r.retrain_s = time.perf_counter() - t
+        rows += new
         del index
     return rows
 
@@ -252,11 +266,14 @@ def bench_map_memory(n: int, dim: int, n_features: int, seed: int) -> dict[str, 
 
 
 def format_table(rows: list[Row]) -> str:
-    head = f"{'index':<11} {'keyframes':>10} {'insert ms':>10} {'query p50 ms':>13} {'query p99 ms':>13} {'recall@1':>9} {'B/keyframe':>11} {'build s':>8}"
+    head = (f"{'index':<11} {'keyframes':>10} {'insert ms':>10} {'query p50 ms':>13} {'query p99 ms':>13} {'recall@1':>9} "
+            f"{'B/keyframe':>11} {'build s':>8} {'CPU p50 ms':>11} {'retrain s':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
         rec = "exact" if r.recall_at_1 is None else f"{r.recall_at_1:.3f}"
-        lines.append(f"{r.kind:<11} {r.size:>10,d} {r.insert_ms:>10.3f} {r.query_ms_p50:>13.3f} {r.query_ms_p99:>13.3f} {rec:>9} {r.bytes_per_kf:>11.0f} {r.build_s:>8.1f}")
+        retrain = "-" if r.retrain_s is None else f"{r.retrain_s:.1f}"
+        lines.append(f"{r.kind:<11} {r.size:>10,d} {r.insert_ms:>10.3f} {r.query_ms_p50:>13.3f} {r.query_ms_p99:>13.3f} {rec:>9} "
+                     f"{r.bytes_per_kf:>11.0f} {r.build_s:>8.1f} {r.cpu_ms_p50:>11.3f} {retrain:>10}")
     return "\n".join(lines)
 
 
@@ -264,14 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clino-vpr bench index", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--kinds", nargs="+", default=["flat", "hnsw"], choices=["flat", "hnsw"])
+    parser.add_argument("--kinds", nargs="+", default=["flat", "pq"], choices=["flat", "pq"])
     parser.add_argument("--queries", type=int, default=200, help="queries per size")
     parser.add_argument("--map-size", type=int, default=100_000, help="keyframes in the save/load test (0: skip)")
     parser.add_argument("--memory-size", type=int, default=3000,
                         help="keyframes (with SIFT local features) in the resident-memory test (0: skip)")
     parser.add_argument("--memory-features", type=int, default=450, help="SIFT features per keyframe in that test")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ef", type=int, nargs="*", default=[], help="also query HNSW at these fixed efSearch values")
+    parser.add_argument("--shortlist", type=int, nargs="*", default=[],
+                        help="also query the pq index with these shortlist sizes (rows re-ranked exactly)")
     args = parser.parse_args(argv)
     import faiss
 
@@ -280,16 +298,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     print(format_table([]), flush=True)
     for size in args.sizes:
-        new = bench_size(size, args.dim, args.queries, args.kinds, args.seed, args.ef)
+        new = bench_size(size, args.dim, args.queries, args.kinds, args.seed, args.shortlist)
         rows += new
         print(format_table(new).split("\n", 2)[-1], flush=True)
     print()
     print(format_table(rows))
-    c = IndexConfig(kind="hnsw")
-    print(f"hnsw: exact below {c.hnsw_min_size:,d} keyframes; above, HNSW{c.hnsw_m} (efConstruction "
-          f"{c.hnsw_ef_construction}) on a {c.hnsw_pca_dim}-d PCA gives a shortlist of {c.hnsw_shortlist}, re-ranked "
-          f"exactly; 'hnsw efN' rows: efSearch N ({c.hnsw_ef_search} x sqrt(size / 100k), at least {c.hnsw_ef_search}, by default). "
-          "B/keyframe: resident memory growth while building, per keyframe.")
+    c = IndexConfig(kind="pq")
+    print(f"pq: exact below {c.pq_min_size:,d} keyframes; above, PQ{c.pq_m}x4 fast-scan codes of a {c.pq_pca_dim}-d PCA "
+          f"(trained at {c.pq_min_size:,d} and each doubling) give a shortlist of N rows ('pq slN', default {c.pq_shortlist}), "
+          "re-ranked exactly. Query times: one thread; CPU p50: the thread's CPU time. "
+          "B/keyframe: resident memory growth while building, per keyframe. "
+          f"Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.")
     if args.map_size > 0:
         save_s, load_s, nbytes = bench_map_io(args.map_size, args.dim, args.seed)
         print(f"\nsession map, {args.map_size:,d} keyframes (descriptors + poses): save {save_s:.2f} s, "

@@ -93,6 +93,34 @@ class DinoV2Backbone(nn.Module):
         feats = x[:, 1:].transpose(1, 2).reshape(b, c, h, w)
         return feats, x[:, 0]
 
+    def local_tokens(self, pixels: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The re-ranking outputs of block ``layer`` (0-based), the PyTorch reference of the ONNX
+        ``local_values`` / ``local_attention`` outputs (``export.add_local_outputs``).
+
+        Args: pixels float (B,3,H,W) as for :meth:`forward`; layer in [0, num_layers).
+        Returns: (values float32 (B,P,C): the value projections of the P patch tokens at that block's
+        input; cls_attention float32 (B,P): the CLS query's softmax attention to each patch,
+        mean over heads; a row sums to below 1, the rest goes to the CLS key itself).
+        """
+        layers = self.model.encoder.layer
+        if not 0 <= layer < len(layers):
+            raise ValueError(f"layer {layer} outside the backbone's {len(layers)} blocks")
+        emb = self.model.embeddings
+        dtype = emb.patch_embeddings.projection.weight.dtype
+        x = emb.patch_embeddings(pixels.to(dtype))
+        x = torch.cat((emb.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + emb.position_embeddings
+        for block in layers[:layer]:
+            x = block(x)
+        block = layers[layer]
+        attn = block.attention
+        hn = block.norm1(x)
+        heads = self.cfg.num_heads
+        b, n, c = hn.shape
+        q = attn.q_proj(hn[:, :1]).reshape(b, 1, heads, c // heads).transpose(1, 2)
+        k = attn.k_proj(hn).reshape(b, n, heads, c // heads).transpose(1, 2)
+        weights = torch.softmax((q @ k.transpose(-1, -2)).float() * (c // heads) ** -0.5, dim=-1)  # (B,heads,1,n)
+        return attn.v_proj(hn)[:, 1:].float(), weights[:, :, 0, 1:].mean(dim=1)
+
 
 def _check_shape(hf: Dinov2Config, cfg: BackboneConfig) -> None:
     got = {

@@ -11,9 +11,16 @@ Measures, on generated drives (``clino_vpr_ros.synth``):
    time / novelty triggers); a camera at that rate with real stamps is cheaper: frames closer than
    the keyframe interval are skipped before encoding;
 4. drop behaviour at 30 Hz, 640x480, real 30 Hz stamps and worst case;
-5. resident memory of the node process over a long sped-up replay (keyframes keep growing).
+5. keeping up with a 30 Hz camera: images + odometry at 30 Hz, real stamps, a robot at 3 m/s, so
+   the default preset makes 1-2 keyframes per second; frames received / processed / dropped;
+6. the cost per stage of a keyframe (encode, local features, retrieval or sequence scoring,
+   re-ranking, verification, pose = triangulation + PnP, the rest): median and p90 ms over the
+   keyframes of a day-2 drive against day 1's map, measured in-process with the pipeline the node
+   runs (``LoopClosurePipeline.stages``), re-ranking on when the model has the local outputs;
+7. resident memory of the node process over a long sped-up replay (keyframes keep growing).
 
-Prints one table. Run: ``clino-vpr bench node [--model M] [--long-frames 3000] [--memory-only]``.
+Prints the tables and the load average (the machine may be shared). Run:
+``clino-vpr bench node [--model M] [--long-frames 3000] [--memory-only] [--stages-only]``.
 """
 
 from __future__ import annotations
@@ -183,6 +190,73 @@ def _rate_run(bench: _Bench, images, rate_hz: float, duration_s: float, stamp_st
         bench.stop(node, client)
 
 
+def _keep_up(bench: _Bench, rate_hz: float, duration_s: float, speed_mps: float, results: dict) -> None:
+    """Images + odometry + camera_info at ``rate_hz`` with real stamps, the robot moving at
+    ``speed_mps``: the default preset's keyframe rules (>= 0.5 s apart, >= 1 m) give 1-2 keyframes/s."""
+    session, images, _ = _frames((480, 640), 20, seed=13)
+    node, client = bench.start("keepup")
+    try:
+        n = int(rate_hz * duration_s)
+        t0 = time.monotonic()
+        for k in range(n):
+            target = t0 + k / rate_hz
+            while time.monotonic() < target:
+                time.sleep(min(0.001, max(0.0, target - time.monotonic())))
+            T = np.eye(4)
+            T[0, 3] = speed_mps * k / rate_hz
+            _publish(client, session, images[k % len(images)], T, 20000.0 + k / rate_hz)
+        achieved = n / max(time.monotonic() - t0, 1e-9)
+        client.wait_drained(node)
+        time.sleep(0.2)
+        kf = client.counter("engine_keyframes")
+        results[f"{rate_hz:g} Hz 640x480 + odometry at {speed_mps:g} m/s for {duration_s:g} s (achieved {achieved:.1f} Hz): "
+                "received/sent, processed, dropped, keyframes (per s)"] = (
+            f"{client.counter('frames_received')}/{n}, {client.counter('frames_processed')}, "
+            f"{client.counter('frames_dropped')}, {kf} ({kf / duration_s:.1f}/s)")
+    finally:
+        bench.stop(node, client)
+
+
+def _stages(model: Path, n: int, preset: str) -> dict[str, list[float]]:
+    """Per-keyframe stage times (ms) of day 2 driven against day 1's map, in-process."""
+    import dataclasses
+
+    from clino_vpr_ros.engine import get_engine_config
+    from clino_vpr_ros.pipeline import LoopClosurePipeline
+
+    session, day1, odom1 = _frames((480, 640), n, seed=11)
+    _, day2, odom2 = _frames((480, 640), n, seed=11, shift_m=1.0)
+    cfg = get_engine_config(preset)
+    cfg = dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, enabled=True))
+    times: dict[str, list[float]] = {}
+    first = LoopClosurePipeline.from_files(model, cfg, "day1", base_T_camera=session.base_T_camera)
+    for i in tqdm(range(n), desc="stages: day 1"):
+        first.process(session.frames[i].stamp, day1[i], "bgr8", K=session.K, odom_T_base=odom1[i])
+    second = LoopClosurePipeline.from_files(model, cfg, "day2", base_T_camera=session.base_T_camera)
+    second.engine.add_prior_map(first.engine.snapshot())
+    for i in tqdm(range(n), desc="stages: day 2"):
+        r = second.process(session.frames[i].stamp + 86400.0, day2[i], "bgr8", K=session.K, odom_T_base=odom2[i])
+        if r.frame_result.is_keyframe:
+            for stage in ("encode", "features", "retrieval", "sequence", "rerank", "verification", "pose", "other"):
+                if stage in r.stages:
+                    times.setdefault(stage, []).append(r.stages[stage])
+            times.setdefault("total", []).append(r.total_ms)
+    times["closures"] = [float(second.engine.stats()["published"])]
+    return times
+
+
+def _print_stages(times: dict[str, list[float]], preset: str, model: Path) -> None:
+    n = len(times.get("total", []))
+    print(f"\nper-stage cost per keyframe, {preset} preset + re-ranking, 640x480, model {model.name} "
+          f"({n} keyframes of day 2 against day 1's map, {int(times['closures'][0])} closures; in-process)")
+    print(f"{'stage':<14} {'keyframes':>9} {'median ms':>10} {'p90 ms':>8}")
+    for stage, values in times.items():
+        if stage == "closures":
+            continue
+        # a stage that did not run for a keyframe (e.g. pose without a candidate) is not counted as 0
+        print(f"{stage:<14} {len(values):>9} {np.median(values):>10.2f} {np.percentile(values, 90):>8.2f}")
+
+
 def _memory(bench: _Bench, n_frames: int, results: dict) -> None:
     """Long sped-up replay: 100 frames cycled while odometry keeps advancing, so every frame is a new keyframe."""
     session, images, _ = _frames((240, 320), 100, seed=12)
@@ -232,6 +306,7 @@ def _throughput(bench: _Bench, args: argparse.Namespace, results: dict) -> None:
         r = _rate_run(bench, images, 30.0, 5.0, stamp_step=step, name="drop30")
         results[f"30 Hz 640x480, {label}: received/sent, processed, dropped, RSS MiB"] = (
             f"{r['received']}/{r['sent']}, {r['processed']}, {r['dropped']}, {r['rss']:.0f}")
+    _keep_up(bench, 30.0, args.keep_up_seconds, 3.0, results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-seconds", type=float, default=4.0, help="seconds per rate")
     ap.add_argument("--long-frames", type=int, default=1000, help="frames of the memory replay")
     ap.add_argument("--memory-only", action="store_true", help="only the long replay (resident memory)")
+    ap.add_argument("--stages-only", action="store_true", help="only the per-stage cost table and the 30 Hz keep-up run")
+    ap.add_argument("--stage-frames", type=int, default=60, help="frames per day of the per-stage run")
+    ap.add_argument("--stage-preset", default="default", help="engine preset of the per-stage run (re-ranking on)")
+    ap.add_argument("--keep-up-seconds", type=float, default=10.0, help="seconds of the 30 Hz keep-up run")
     ap.add_argument("--workdir", type=Path, default=None, help="where logs and maps go (default: a temp dir)")
     ap.add_argument("--default-transports", action="store_true",
                     help="Fast DDS default transports instead of FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (what a robot "
@@ -255,9 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     bench = _Bench(args.model, workdir, large_data=not args.default_transports)
     results: dict[str, str] = {}
 
-    if not args.memory_only:
+    import os
+
+    stage_times = None if args.memory_only else _stages(args.model, args.stage_frames, args.stage_preset)
+    if args.stages_only:
+        _keep_up(bench, 30.0, args.keep_up_seconds, 3.0, results)
+    elif not args.memory_only:
         _throughput(bench, args, results)
-    _memory(bench, args.long_frames, results)
+    if not args.stages_only:
+        _memory(bench, args.long_frames, results)
 
     width = max(len(k) for k in results)
     transports = "default" if args.default_transports else "LARGE_DATA"
@@ -265,4 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * (width + 30))
     for k, v in results.items():
         print(f"{k:<{width}}  {v}")
+    if stage_times is not None:
+        _print_stages(stage_times, args.stage_preset, args.model)
+    print("load average (1, 5, 15 min) at the end: %.2f %.2f %.2f on %d CPUs" % (*os.getloadavg(), os.cpu_count() or 0))
     return 0

@@ -183,8 +183,10 @@ class ClinoVprNode(Node):
             raise FileNotFoundError(
                 f"model {model} not found; set model_path to an exported ONNX encoder (clino-vpr export)"
             )
+        preset = get_engine_config(self.p.engine_preset)
         engine_cfg = dataclasses.replace(
-            get_engine_config(self.p.engine_preset),
+            preset,
+            rerank=dataclasses.replace(preset.rerank, enabled=self.p.rerank),
             publish_unverified=self.p.publish_unverified,
             autosave_period_s=self.p.autosave_period_s,
             autosave_path=self.p.map_path,

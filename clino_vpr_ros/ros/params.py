@@ -135,6 +135,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               "frame at the base origin.", check=_check_pose7),
     ParamSpec("publish_unverified", bool, False, "Also publish closures that were not geometrically verified "
               "(covariance[0] = -1 on loop_closures); LIO-SAM's topic never carries them."),
+    ParamSpec("rerank", bool, False, "Local re-ranking (EffoVPR idea) of the candidates with the encoder's own "
+              "patch tokens before verification, whatever engine_preset says; needs a model with the local outputs "
+              "(the shipped one has them). Off by default: it did not help on the validation towns (model card)."),
     ParamSpec("parity_warn_only", bool, False, "On a GPU provider the encoder is compared with onnxruntime CPU at "
               "start-up; a mismatch (e.g. an fp16 engine that lost accuracy) stops the node unless this is true "
               "(then a loud warning)."),
