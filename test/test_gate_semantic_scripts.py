@@ -69,3 +69,22 @@ def test_pretrained_tower_loads_as_the_gates_clip_weights(tmp_path: Path) -> Non
     # a preset of another tower shape refuses it, naming the mismatch
     with pytest.raises(ValueError, match="do not match"):
         ClipTower(get_model_config("small").clip, weights=out)
+
+
+def test_stronger_standin_carries_the_shipped_vit_frozen() -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    standin = _script("salad_standin")
+    model = standin.init_from_onnx(str(ROOT / "models" / "clino-vpr-tiny.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(ROOT / "models" / "clino-vpr-tiny.onnx")).graph.initializer}
+    state = model.state_dict()
+    # named initializers of the shipped ViT arrive unchanged (patch embedding, a block's norm and layer scale)
+    for name in ("backbone.model.embeddings.patch_embeddings.projection.weight",
+                 "backbone.model.encoder.layer.3.norm1.weight", "backbone.model.encoder.layer.0.layer_scale1.lambda1"):
+        onnx_name = name.replace("backbone.model.encoder.layer.", "backbone.layer.")
+        assert np.array_equal(state[name].numpy(), inits.get(name, inits.get(onnx_name)))
+    # frozen ViT, trainable SALAD, no gate: the layout of the published checkpoint
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.aggregator.parameters())
+    assert model.gate is None and model.config.salad.num_clusters == 16
