@@ -100,7 +100,9 @@ def main() -> int:
            "position_matched_clutter_minus_structure": position_matched(masks, group, 0, 1)}
     a.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(res, a.out / "gate_clutter.json")
-    _plot(rgb, lab, masks, a.out / "gate_masks.png")
+    # render_views cycles through VIEW_CONDITIONS: view i of a town is seen under condition i % 6
+    cond = np.concatenate([np.arange(a.views) % len(VIEW_CONDITIONS)] * len(a.towns))
+    _plot(rgb, lab, masks, cond, a.out / "gate_masks.png")
     print(json.dumps(res, indent=1))
     return 0
 
@@ -122,11 +124,15 @@ def _gate(path: Path) -> tuple[tuple[int, int], tuple[int, int], Callable[[np.nd
     return tuple(model.config.image_size), model.mask_size, run
 
 
-def _plot(rgb: np.ndarray, lab: np.ndarray, masks: np.ndarray, out: Path, n: int = 6) -> None:
+def _plot(rgb: np.ndarray, lab: np.ndarray, masks: np.ndarray, cond: np.ndarray, out: Path) -> None:
+    """One view per condition of VIEW_CONDITIONS: the one with the most vegetation, vehicle and pedestrian pixels."""
     from clino_vpr_ros.synth.cli import _LABEL_COLOURS
 
     plt = pyplot_agg()
-    idx = np.linspace(0, len(rgb) - 1, n).astype(int)
+    objects = np.isin(lab, [LABELS[x] for x in ("vegetation", "vehicle", "pedestrian")]).mean((1, 2))
+    views = np.arange(len(rgb))
+    n = len(VIEW_CONDITIONS)
+    idx = [int(views[cond == c][objects[cond == c].argmax()]) for c in range(n)]
     fig, axes = plt.subplots(3, n, figsize=(2.2 * n, 7), dpi=100)
     for c, i in enumerate(idx):
         h, w = rgb[i].shape[:2]
@@ -137,7 +143,9 @@ def _plot(rgb: np.ndarray, lab: np.ndarray, masks: np.ndarray, out: Path, n: int
                                interpolation="nearest")
         for r in range(3):
             axes[r, c].set_axis_off()
-    axes[0, 0].set_title("input", fontsize=8, loc="left")
+        axes[0, c].set_title(VIEW_CONDITIONS[c], fontsize=8)
+    fig.suptitle("held-out views, one per condition (the one with the most vegetation, vehicles, pedestrians)",
+                 fontsize=8)
     axes[1, 0].set_title("labels (sky blue, building brown, vegetation green, vehicle red, person yellow)",
                          fontsize=7, loc="left")
     axes[2, 0].set_title("gate mask (dark = suppressed)", fontsize=8, loc="left")

@@ -8,6 +8,13 @@ briefly on generated towns, written in the authors' checkpoint format (same keys
     clino-vpr train --init OUT.safetensors --no-gate ...       # train it (all of it, from scratch)
     python scripts/salad_standin.py to-ckpt BEST.safetensors OUT.ckpt
 
+A stronger stand-in in the same layout, for a backbone that has seen more than 300 iterations: the
+ViT of an exported model of the same backbone shape (the shipped tiny model: 192-d x 4 blocks,
+3 heads, trained 4,800 iterations on towns 0-29), read back from its ONNX initializers, frozen
+(``trainable_blocks=0``), with a random SALAD on top to train with ``clino-vpr train --init``:
+
+    python scripts/salad_standin.py init-from-onnx models/clino-vpr-tiny.onnx OUT.safetensors
+
 The checkpoint's 37x37 position embedding is the minimum-norm one whose DINOv2 resize to the
 trained grid gives back the trained embedding exactly (the resize is linear), so importing the .ckpt
 at the training size reproduces the trained model.
@@ -16,6 +23,7 @@ at the training size reproduces the trained model.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -52,6 +60,34 @@ def pos_embed_37(baked: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return out
 
 
+def init_from_onnx(onnx_path: str):
+    """The stand-in with the (frozen) ViT of an exported model of the same backbone shape; SALAD random."""
+    import json
+
+    import onnx
+
+    from clino_vpr_ros.config import ModelConfig
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from clip_tower_from_onnx import onnx_state_dict
+
+    proto = onnx.load(onnx_path)
+    src = ModelConfig.from_dict(json.loads({p.key: p.value for p in proto.metadata_props}["model_config"]))
+    cfg = standin_config()
+    cfg = cfg.replace(backbone=replace(cfg.backbone, trainable_blocks=0))
+    if replace(src.backbone, trainable_blocks=0, weights=None) != cfg.backbone or src.image_size != cfg.image_size:
+        raise ValueError(f"{onnx_path}: backbone {src.backbone} at {src.image_size} is not the stand-in's {cfg.backbone}")
+    # the exporter names the encoder's blocks /backbone/layer.N/...
+    state = {k.replace("backbone.layer.", "backbone.model.encoder.layer.", 1): v
+             for k, v in onnx_state_dict(proto, ("backbone.",)).items()}
+    torch.manual_seed(0)
+    model = build_encoder(cfg)
+    missing, unexpected = model.backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items()}, strict=False)
+    if unexpected or set(missing) != {"model.embeddings.mask_token"}:
+        raise ValueError(f"backbone weights incomplete: missing {missing}, unexpected {unexpected}")
+    return model
+
+
 def to_authors_state_dict(model) -> dict[str, torch.Tensor]:
     sd = model.state_dict()
     out = {}
@@ -83,6 +119,8 @@ def main(argv: list[str]) -> int:
     if argv[0] == "init":
         torch.manual_seed(0)
         save_checkpoint(argv[1], build_encoder(standin_config()))
+    elif argv[0] == "init-from-onnx":
+        save_checkpoint(argv[2], init_from_onnx(argv[1]))
     elif argv[0] == "to-ckpt":
         torch.save(to_authors_state_dict(load_encoder(argv[1])), argv[2])
     else:
