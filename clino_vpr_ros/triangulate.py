@@ -119,7 +119,7 @@ def with_triangulated_depths(match: LocalFeatures, K_match: np.ndarray, neighbou
     rows: int (R,) the match keypoints that need a depth (all when None). PnP only uses the match
     keypoints paired with the query, so the engine passes those: a keypoint's depth does not depend
     on which others are triangulated, and matching a few hundred keypoints with each neighbour
-    instead of all of them is most of the pose stage's cost.
+    instead of all of them saves most of the pose stage's cost.
     """
     if not neighbours:
         return None
