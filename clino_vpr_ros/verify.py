@@ -218,7 +218,8 @@ def ratio_matches(query: LocalFeatures, match: LocalFeatures, cfg: VerifyConfig,
     """
     rows = np.arange(len(query)) if query_rows is None else np.asarray(query_rows, dtype=int)
     width = (feature_width(cfg.feature),)
-    if len(rows) == 0 or len(query) < 2 or len(match) < 2 or query.descriptors.shape[1:] != width or match.descriptors.shape[1:] != width:
+    if (len(rows) == 0 or len(query) < 2 or len(match) < 2
+            or query.descriptors.shape[1:] != width or match.descriptors.shape[1:] != width):
         return np.zeros((0, 2), dtype=int)  # nothing to match, or another feature type (cannot be matched)
     a, b = query.descriptors[rows], match.descriptors
     norm = FEATURES[cfg.feature][1]

@@ -140,8 +140,11 @@ def test_ratio_matches_are_opencvs_brute_force_ones_and_a_subset_keeps_its_pairs
     rng = np.random.default_rng(6)
     base = rng.integers(0, 256, size=(500, 128), dtype=np.uint8)
     noisy = np.clip(base.astype(int) + rng.integers(-40, 41, size=base.shape), 0, 255).astype(np.uint8)
-    a = LocalFeatures(rng.uniform(0, 400, (400, 2)).astype(np.float32), noisy[:400], np.full(400, np.nan, np.float32), (480, 640))
-    b = LocalFeatures(rng.uniform(0, 400, (500, 2)).astype(np.float32), base[rng.permutation(500)], np.full(500, np.nan, np.float32), (480, 640))
+    def features(desc: np.ndarray) -> LocalFeatures:
+        return LocalFeatures(rng.uniform(0, 400, (len(desc), 2)).astype(np.float32), desc,
+                             np.full(len(desc), np.nan, np.float32), (480, 640))
+
+    a, b = features(noisy[:400]), features(base[rng.permutation(500)])
     cfg = VerifyConfig()
     reference = [(m[0].queryIdx, m[0].trainIdx) for m in cv2.BFMatcher(cv2.NORM_L2).knnMatch(a.descriptors, b.descriptors, k=2)
                  if m[0].distance < cfg.ratio * m[1].distance]
