@@ -35,7 +35,8 @@ from clino_vpr_ros.rerank import RerankConfig, rerank, select_tokens
 from clino_vpr_ros.sequence import SequenceConfig, aligned_rows, best_match, sequence_scores, track_positions
 from clino_vpr_ros.session_map import MapWriter, SessionMap, SessionMapBuilder, check_compatible
 from clino_vpr_ros.triangulate import Neighbour, TriangulationConfig, camera_motion, with_triangulated_depths
-from clino_vpr_ros.verify import LocalFeatures, Verification, VerifyConfig, extract_features, to_gray, verify_pair
+from clino_vpr_ros.verify import (LocalFeatures, Verification, VerifyConfig, extract_features, ratio_matches, to_gray,
+                                  verify_pair)
 
 if TYPE_CHECKING:  # the fleet module is imported only where a fleet_uri is configured
     from clino_vpr_ros.fleet import FleetHit, FleetLink
@@ -755,12 +756,14 @@ class LoopClosureEngine:
                 self._counts["unverifiable"] += 1
                 v = None
             else:
+                # matched once: both verifications below and the triangulation use these pairs
+                pairs = ratio_matches(features, m_feat, self.cfg.verify)
                 t_pose = time.perf_counter()
-                m_tri = self._with_depth(c, features, K, m_feat, m_K, m_pose, m_bTc)
-                v = verify_pair(features, K, m_tri, m_K, self.cfg.verify)
+                m_tri = self._with_depth(c, features, K, m_feat, m_K, m_pose, m_bTc, pairs)
+                v = verify_pair(features, K, m_tri, m_K, self.cfg.verify, pairs)
                 if m_tri is not m_feat:  # metric pose without depth: triangulation + PnP
                     self._add_stage("pose", t_pose)
-                    v = self._checked_triangulated(v, verify_pair(features, K, m_feat, m_K, self.cfg.verify))
+                    v = self._checked_triangulated(v, verify_pair(features, K, m_feat, m_K, self.cfg.verify, pairs))
                 self._counts["verified" if v.accepted else "rejected"] += 1
                 if not v.accepted:
                     log.debug("candidate %s/%d rejected: %s", session, c.match_id, v.reason)
@@ -775,17 +778,24 @@ class LoopClosureEngine:
         return closures
 
     def _with_depth(self, c: Candidate, q_feat: LocalFeatures, q_K: np.ndarray | None, m_feat: LocalFeatures,
-                    m_K: np.ndarray | None, m_pose: np.ndarray | None, m_bTc: np.ndarray | None) -> LocalFeatures:
+                    m_K: np.ndarray | None, m_pose: np.ndarray | None, m_bTc: np.ndarray | None,
+                    pairs: np.ndarray) -> LocalFeatures:
         """The match features, with depths triangulated from its neighbouring keyframes when neither
-        side has sensor depth (see :mod:`clino_vpr_ros.triangulate`); unchanged otherwise."""
+        side has sensor depth (see :mod:`clino_vpr_ros.triangulate`); unchanged otherwise.
+
+        pairs: int (M,2) the query-match ratio-test pairs. Only their match keypoints are
+        triangulated, since PnP uses no other; too few of them for verification -> nothing is.
+        """
         tcfg = self.cfg.triangulation
         if not tcfg.enabled or q_K is None or m_K is None or m_pose is None or q_feat.has_depth or m_feat.has_depth:
+            return m_feat
+        if len(pairs) < self.cfg.verify.min_inliers:  # verification rejects it before any pose
             return m_feat
         neighbours = []
         for feats, K, pose in self._neighbour_views(c, tcfg.neighbours):
             if feats is not None and K is not None and pose is not None:
                 neighbours.append(Neighbour(feats, K, camera_motion(m_pose, pose, m_bTc)))
-        return with_triangulated_depths(m_feat, m_K, neighbours, self.cfg.verify, tcfg) or m_feat
+        return with_triangulated_depths(m_feat, m_K, neighbours, self.cfg.verify, tcfg, np.unique(pairs[:, 1])) or m_feat
 
     def _checked_triangulated(self, pnp: Verification, plain: Verification) -> Verification:
         """The triangulated PnP pose when the plain two-view geometry agrees with it, else the plain one.
