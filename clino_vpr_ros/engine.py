@@ -325,7 +325,8 @@ class LoopClosureEngine:
         self._live_pos: list[float] = []  # travelled distance at each live keyframe (NaN once a pose is missing)
         self._last_odom: np.ndarray | None = None
         self._live_odom_count = 0
-        self._backfilled: set[tuple[int, int]] = set()  # (live row, source) already tried by back-filling
+        self._backfilled: set[tuple[int, int]] = set()  # (live row, source) with a verified closure
+        self._backfill_tried: set[tuple[int, int, int]] = set()  # (live row, source, track index) verified by back-filling
         self._consistency = ConsistencyGate(self.cfg.consistency)
         self._next_id = 0
         self._last_autosave_clock: float | None = None
@@ -655,9 +656,11 @@ class LoopClosureEngine:
         closures: list[tuple[int, LoopClosure]] = []
         rows = aligned_rows(acc.j, acc.query_pos, acc.map_pos, acc.gap)
         for q_row, j in zip(acc.query_rows[:-1], rows[:-1]):
-            if j < 0 or (q_row, acc.source) in self._backfilled:
+            # a row is tried again when a later anchor aligns it with another map keyframe: the first
+            # anchor of a revisit is often aligned a keyframe off, which the next one corrects
+            if j < 0 or (q_row, acc.source) in self._backfilled or (q_row, acc.source, int(j)) in self._backfill_tried:
                 continue
-            self._backfilled.add((q_row, acc.source))
+            self._backfill_tried.add((q_row, acc.source, int(j)))
             cosine = float(self._live.descriptor(q_row) @ acc.track.descriptors[j])
             if cosine < cfg.backfill_min_cosine:
                 continue
@@ -665,7 +668,10 @@ class LoopClosureEngine:
             cand = self._track_candidate(acc.track, int(j), acc.source, q_row, q_stamp, cosine)
             if self._predicted_rotation_deg(anchor, q_pose, cand) > (self.cfg.max_rotation_deg or 180.0):
                 continue
-            closures += [(q_row, c) for c in self._verify_ready([cand], q_id, q_stamp, q_pose, q_K, self._live.features(q_row))]
+            found = self._verify_ready([cand], q_id, q_stamp, q_pose, q_K, self._live.features(q_row))
+            if found:
+                self._backfilled.add((q_row, acc.source))
+            closures += [(q_row, c) for c in found]
         return closures
 
     def _predicted_rotation_deg(self, anchor: LoopClosure, q_pose: np.ndarray | None, cand: Candidate) -> float:
