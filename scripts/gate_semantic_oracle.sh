@@ -7,6 +7,7 @@
 # 1. The gate alone on S1 with the semantic tower, 400 iterations instead of 200 (lr 2e-2 and 5e-3, every
 #    epoch kept); lr and epoch chosen on the mean R@1 of validation towns 901 + 905-908 (cross-condition), not
 #    on town 901's 100 queries alone. Held-out towns 900, 902-904: recall, paired sign test, mask report.
+# 3. A replication of 2 on eight fresh towns, 910-917 (added after seeing 2's result: 400 queries had too little power).
 # About 45 minutes of one core. Usage: bash scripts/gate_semantic_oracle.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,3 +57,12 @@ for m in gate_sem_2e-2 tb_gate_sem_2e-2; do
       --out "$W/oracle_${m}_heldout.json"
 done
 $PY scripts/gate_semantic_summary.py oracle "$W" gate_sem_2e-2 tb_gate_sem_2e-2
+# 3. the replication on fresh towns
+FRESH=(910 911 912 913 914 915 916 917)
+for t in "${FRESH[@]}"; do
+  [ -d "$W/eval$t" ] || $CLI synth eval --out "$W/eval$t" --town $t --places 100 --size 112 112
+done
+for c in cross same; do
+  $PY scripts/paired_recall.py "$W/standin.onnx" "$W/gate_sem_long.onnx" \
+      --data $(for t in "${FRESH[@]}"; do echo "$W/eval$t/synth0${t}_$c"; done) --out "$W/paired_gate_sem_long_fresh_$c.json"
+done
