@@ -19,7 +19,11 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from clino_vpr_ros.verify import FEATURES, LocalFeatures, VerifyConfig
+from clino_vpr_ros.verify import LocalFeatures, VerifyConfig, ratio_matches
+
+
+#: a neighbour sharing fewer ratio-test pairs with the match keyframe is not a second view of it
+MIN_OVERLAP = 8
 
 
 @dataclass(frozen=True)
@@ -63,16 +67,6 @@ def camera_motion(odom_T_base_a: np.ndarray, odom_T_base_b: np.ndarray, base_T_c
     return np.linalg.inv(bTc) @ np.linalg.inv(odom_T_base_a) @ odom_T_base_b @ bTc
 
 
-def _matches(a: LocalFeatures, b: LocalFeatures, vcfg: VerifyConfig) -> np.ndarray:
-    """int (M,2) ratio-test pairs (a, b)."""
-    if len(a) < 2 or len(b) < 2:
-        return np.zeros((0, 2), int)
-    matcher = cv2.BFMatcher(FEATURES[vcfg.feature][1])
-    pairs = [(m[0].queryIdx, m[0].trainIdx) for m in matcher.knnMatch(a.descriptors, b.descriptors, k=2)
-             if len(m) == 2 and m[0].distance < vcfg.ratio * m[1].distance]
-    return np.array(pairs, int).reshape(-1, 2)
-
-
 def _project(X: np.ndarray, T: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pixels (N,2) and depths (N,) of points X (N,3) given in a frame whose pose in the camera is T."""
     Xc = X @ T[:3, :3].T + T[:3, 3]
@@ -82,11 +76,20 @@ def _project(X: np.ndarray, T: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, n
 
 
 def triangulate_pair(match: LocalFeatures, K_match: np.ndarray, n: Neighbour, vcfg: VerifyConfig,
-                     cfg: TriangulationConfig) -> np.ndarray:
-    """float32 (N,) depth of each match keypoint seen again by the neighbour, NaN elsewhere."""
+                     cfg: TriangulationConfig, rows: np.ndarray | None = None) -> np.ndarray:
+    """float32 (N,) depth of each match keypoint seen again by the neighbour, NaN elsewhere.
+
+    rows: int (R,) the match keypoints to triangulate (all when None); the others stay NaN. A
+    keypoint gets the depth it gets when all are triangulated.
+    """
     depths = np.full(len(match), np.nan, np.float32)
-    pairs = _matches(match, n.features, vcfg)
-    if len(pairs) < 8 or np.linalg.norm(n.mcam_T_ncam[:3, 3]) < 1e-3:
+    if np.linalg.norm(n.mcam_T_ncam[:3, 3]) < 1e-3:  # no baseline, nothing to triangulate
+        return depths
+    pairs = ratio_matches(match, n.features, vcfg, rows)
+    overlap = len(pairs)
+    if rows is not None and overlap < MIN_OVERLAP:  # the rule counts all the match's pairs: the rest decide
+        overlap += len(ratio_matches(match, n.features, vcfg, np.setdiff1d(np.arange(len(match)), rows)))
+    if overlap < MIN_OVERLAP or len(pairs) == 0:
         return depths
     ncam_T_mcam = np.linalg.inv(n.mcam_T_ncam)
     xm = cv2.undistortPoints(match.keypoints[pairs[:, 0]].reshape(-1, 1, 2).astype(np.float64), K_match, None).reshape(-1, 2)
@@ -108,12 +111,19 @@ def triangulate_pair(match: LocalFeatures, K_match: np.ndarray, n: Neighbour, vc
 
 
 def with_triangulated_depths(match: LocalFeatures, K_match: np.ndarray, neighbours: Sequence[Neighbour],
-                             vcfg: VerifyConfig, cfg: TriangulationConfig) -> LocalFeatures | None:
+                             vcfg: VerifyConfig, cfg: TriangulationConfig, rows: np.ndarray | None = None
+                             ) -> LocalFeatures | None:
     """The match features with depths from triangulation (median over neighbours), or None when
-    fewer than ``cfg.min_points`` keypoints got one."""
+    fewer than ``cfg.min_points`` keypoints got one.
+
+    rows: int (R,) the match keypoints that need a depth (all when None). PnP only uses the match
+    keypoints paired with the query, so the engine passes those: a keypoint's depth does not depend
+    on which others are triangulated, and matching a few hundred keypoints with each neighbour
+    instead of all of them saves most of the pose stage's cost.
+    """
     if not neighbours:
         return None
-    stack = np.stack([triangulate_pair(match, K_match, n, vcfg, cfg) for n in neighbours])
+    stack = np.stack([triangulate_pair(match, K_match, n, vcfg, cfg, rows) for n in neighbours])
     seen = np.isfinite(stack).any(0)
     depths = np.full(len(match), np.nan)
     depths[seen] = np.nanmedian(stack[:, seen], axis=0)

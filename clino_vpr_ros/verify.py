@@ -209,15 +209,26 @@ def _sample_depth(depth: np.ndarray, pts: np.ndarray, cfg: VerifyConfig) -> np.n
     return np.where(ok, z, np.nan).astype(np.float32)
 
 
-def _ratio_matches(query: LocalFeatures, match: LocalFeatures, cfg: VerifyConfig) -> np.ndarray:
-    """int (M,2) index pairs (query, match) passing the ratio test."""
-    if len(query) < 2 or len(match) < 2:
-        return np.zeros((0, 2), dtype=int)
-    matcher = cv2.BFMatcher(FEATURES[cfg.feature][1])
-    pairs = []
-    for m in matcher.knnMatch(query.descriptors, match.descriptors, k=2):
-        if len(m) == 2 and m[0].distance < cfg.ratio * m[1].distance:
-            pairs.append((m[0].queryIdx, m[0].trainIdx))
+def ratio_matches(query: LocalFeatures, match: LocalFeatures, cfg: VerifyConfig,
+                  query_rows: np.ndarray | None = None) -> np.ndarray:
+    """int (M,2) index pairs (query, match) passing the ratio test (nearest neighbours in ``match``).
+
+    query_rows: int (R,) the query keypoints to match (all when None); the ratio test is per query
+    keypoint, so a subset gets exactly the pairs the full set would give for those keypoints.
+    """
+    rows = np.arange(len(query)) if query_rows is None else np.asarray(query_rows, dtype=int)
+    width = (feature_width(cfg.feature),)
+    if (len(rows) == 0 or len(query) < 2 or len(match) < 2
+            or query.descriptors.shape[1:] != width or match.descriptors.shape[1:] != width):
+        return np.zeros((0, 2), dtype=int)  # nothing to match, or another feature type (cannot be matched)
+    a, b = query.descriptors[rows], match.descriptors
+    norm = FEATURES[cfg.feature][1]
+    if norm == cv2.NORM_L2:
+        # OpenCV's brute-force L2 on uint8 has no vectorised path: float32 is ~7x faster, and exact
+        # (integer squared distances below 2^24 are represented exactly)
+        a, b = a.astype(np.float32), b.astype(np.float32)
+    pairs = [(rows[m[0].queryIdx], m[0].trainIdx) for m in cv2.BFMatcher(norm).knnMatch(a, b, k=2)
+             if len(m) == 2 and m[0].distance < cfg.ratio * m[1].distance]
     return np.array(pairs, dtype=int).reshape(-1, 2)
 
 
@@ -395,6 +406,7 @@ def verify_pair(
     match: LocalFeatures,
     K_match: np.ndarray | None,
     cfg: VerifyConfig = VerifyConfig(),
+    pairs: np.ndarray | None = None,
 ) -> Verification:
     """Geometrically verify a candidate pair (see the module docstring for the model choice).
 
@@ -402,11 +414,14 @@ def verify_pair(
         query, match: local features of the two keyframes (same feature type).
         K_query, K_match: float64 (3,3) intrinsics of each keyframe's original image, or None.
         cfg: verification settings.
+        pairs: int (M,2) ratio-test pairs (query, match) from :func:`ratio_matches`, when the caller
+            already has them (matching is the costly step; the engine verifies a pair twice).
     """
     Kq, Km = _check_K(K_query, "K_query"), _check_K(K_match, "K_match")
     if query.descriptors.shape[1:] != (feature_width(cfg.feature),) or match.descriptors.shape[1:] != (feature_width(cfg.feature),):
         return _rejected(0, 0, "none", "local features of different types cannot be matched")
-    pairs = _ratio_matches(query, match, cfg)
+    if pairs is None:
+        pairs = ratio_matches(query, match, cfg)
     if len(pairs) < cfg.min_inliers:
         return _rejected(len(pairs), 0, "none", f"{len(pairs)} ratio-test matches < min_inliers {cfg.min_inliers}")
     if Kq is None or Km is None:

@@ -10,6 +10,7 @@ Layout expected under DATA for each town T (what the README's reproduction comma
 ``seqT/s1``, ``seqT/s2`` (``clino-vpr synth sessions``) and ``seqT/s1.map.npz``, ``seqT/s2.map.npz``.
 
     python scripts/loop_presets.py --data /work/data --towns 961 962 --presets default sequence
+    python scripts/loop_presets.py --data /work/data --towns 961 962 --presets default --without consistency
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
@@ -28,6 +30,13 @@ from clino_vpr_ros.evaluate import evaluate_closures  # noqa: E402
 from clino_vpr_ros.session_map import SessionMap  # noqa: E402
 from clino_vpr_ros.synth import read_session_groundtruth  # noqa: E402
 from clino_vpr_ros.trajectory import evaluate_ate, session_trajectory  # noqa: E402
+
+
+#: stages ``--without`` switches off
+WITHOUT = {
+    "consistency": lambda cfg: replace(cfg, consistency=replace(cfg.consistency, enabled=False)),
+    "backfill": lambda cfg: replace(cfg, sequence=replace(cfg.sequence, backfill=False)),
+}
 
 
 def replay(cfg: EngineConfig, live: SessionMap, priors: Sequence[SessionMap]) -> list[LoopClosure]:
@@ -83,16 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="folder holding seq<TOWN>/ (see the docstring)")
     p.add_argument("--towns", type=int, nargs="+", required=True)
     p.add_argument("--presets", nargs="+", default=["default", "sequence"], choices=sorted(ENGINE_PRESETS))
+    p.add_argument("--without", nargs="+", default=[], choices=sorted(WITHOUT),
+                   help="switch these stages off in every preset (to see what each adds)")
     args = p.parse_args(argv)
     print("| town | preset | s1 P / R (closures, wrong) | s2 vs s1 P / R (closures, wrong) | "
           "ATE s1 odom -> closed | ATE s2 | ATE merged | metric closures |")
     print("|---|---|---|---|---|---|---|---|")
     for town in args.towns:
         for preset in args.presets:
-            r = evaluate_town(args.data / f"seq{town}", ENGINE_PRESETS[preset])
+            cfg = ENGINE_PRESETS[preset]
+            for stage in args.without:
+                cfg = WITHOUT[stage](cfg)
+            r = evaluate_town(args.data / f"seq{town}", cfg)
             s1, s2, a = r["s1"], r["s2"], r["ate"]
             cell = lambda s: f"{s['precision']:.3f} / {s['recall']:.3f} ({s['closures']}, {s['wrong']})"  # noqa: E731
-            print(f"| {town} | {preset} | {cell(s1)} | {cell(s2)} | {a['odom']['s1']:.2f} -> {a['closed']['s1']:.2f} | "
+            name = " ".join([preset] + [f"-{s}" for s in args.without])
+            print(f"| {town} | {name} | {cell(s1)} | {cell(s2)} | {a['odom']['s1']:.2f} -> {a['closed']['s1']:.2f} | "
                   f"{a['odom']['s2']:.2f} -> {a['closed']['s2']:.2f} | {a['merged_odom']:.2f} -> {a['merged_closed']:.2f} | "
                   f"{s1['metric'] + s2['metric']} |", flush=True)
     return 0

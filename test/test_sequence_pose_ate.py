@@ -9,10 +9,10 @@ import numpy as np
 
 from clino_vpr_ros.engine import ENGINE_PRESETS, LoopClosure, LoopClosureEngine
 from clino_vpr_ros.sequence import SequenceConfig, aligned_rows, best_match, sequence_scores, track_positions
-from clino_vpr_ros.session_map import SessionMapBuilder
+from clino_vpr_ros.session_map import SessionMap, SessionMapBuilder
 from clino_vpr_ros.trajectory import SessionTrajectory, evaluate_ate
-from clino_vpr_ros.triangulate import Neighbour, TriangulationConfig, camera_motion, with_triangulated_depths
-from clino_vpr_ros.verify import LocalFeatures, VerifyConfig, verify_pair
+from clino_vpr_ros.triangulate import Neighbour, TriangulationConfig, camera_motion, triangulate_pair, with_triangulated_depths
+from clino_vpr_ros.verify import LocalFeatures, VerifyConfig, ratio_matches, verify_pair
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -97,6 +97,65 @@ def test_rgb_only_closure_gets_a_metric_translation_from_triangulation() -> None
     assert np.all(np.sqrt(np.diag(v.covariance)[:3]) < 0.5)
 
 
+def test_triangulating_only_the_keypoints_paired_with_the_query_gives_the_same_metric_pose() -> None:
+    """The engine triangulates only the match keypoints the query was matched with (PnP uses no
+    other): the closure's pose must be the one triangulating every keypoint gives."""
+    rng = np.random.default_rng(5)
+    K = np.array([[320.0, 0, 320], [0, 320, 240], [0, 0, 1]])
+    points = np.column_stack([rng.uniform(-12, 12, 600), rng.uniform(-4, 2, 600), rng.uniform(6, 30, 600)])
+    desc = rng.integers(0, 256, size=(600, 128), dtype=np.uint8)
+    match_pose, query_pose = _pose(0.0, (0.0, 0.0, 0.0)), _pose(20.0, (1.0, 0.1, 1.0))  # the query sees half the scene
+    match = _view(points, match_pose, K, desc, rng)
+    neighbours = [Neighbour(_view(points, p, K, desc, rng), K, camera_motion(match_pose, p, None))
+                  for p in (_pose(0.5 * d, (0.1 * d, 0.0, float(d))) for d in (-3, -2, -1, 1, 2, 3))]
+    query = _view(points, query_pose, K, desc, rng)
+    pairs = ratio_matches(query, match, VerifyConfig())
+    rows = np.unique(pairs[:, 1])
+    assert 40 <= len(rows) < 0.8 * len(match)
+
+    every = with_triangulated_depths(match, K, neighbours, VerifyConfig(), TriangulationConfig())
+    paired = with_triangulated_depths(match, K, neighbours, VerifyConfig(), TriangulationConfig(), rows)
+    assert every is not None and paired is not None
+    np.testing.assert_array_equal(paired.depths[rows], every.depths[rows])
+    assert np.isnan(np.delete(paired.depths, rows)).all()  # nothing else was triangulated
+    # fewer pairs than a neighbour must share with the match: the match's other pairs still count
+    full = triangulate_pair(match, K, neighbours[0], VerifyConfig(), TriangulationConfig())
+    few = rows[np.isfinite(full[rows])][:5]
+    assert len(few) == 5
+    np.testing.assert_array_equal(triangulate_pair(match, K, neighbours[0], VerifyConfig(), TriangulationConfig(), few)[few],
+                                  full[few])
+    v_every = verify_pair(query, K, every, K, VerifyConfig())
+    v_paired = verify_pair(query, K, paired, K, VerifyConfig(), pairs)
+    assert v_paired.accepted and v_paired.metric and v_paired.inliers == v_every.inliers
+    np.testing.assert_allclose(v_paired.qcam_T_mcam, v_every.qcam_T_mcam, atol=1e-9)
+    truth = np.linalg.inv(query_pose) @ match_pose
+    assert np.linalg.norm(v_paired.qcam_T_mcam[:3, 3] - truth[:3, 3]) < 0.1
+
+
+def test_ratio_matches_are_opencvs_brute_force_ones_and_a_subset_keeps_its_pairs() -> None:
+    """SIFT descriptors are matched as float32 (fast) but must pair exactly like OpenCV's brute force
+    on the stored uint8 descriptors; matching some query keypoints gives exactly their pairs."""
+    import cv2
+
+    rng = np.random.default_rng(6)
+    base = rng.integers(0, 256, size=(500, 128), dtype=np.uint8)
+    noisy = np.clip(base.astype(int) + rng.integers(-40, 41, size=base.shape), 0, 255).astype(np.uint8)
+    def features(desc: np.ndarray) -> LocalFeatures:
+        return LocalFeatures(rng.uniform(0, 400, (len(desc), 2)).astype(np.float32), desc,
+                             np.full(len(desc), np.nan, np.float32), (480, 640))
+
+    a, b = features(noisy[:400]), features(base[rng.permutation(500)])
+    cfg = VerifyConfig()
+    reference = [(m[0].queryIdx, m[0].trainIdx) for m in cv2.BFMatcher(cv2.NORM_L2).knnMatch(a.descriptors, b.descriptors, k=2)
+                 if m[0].distance < cfg.ratio * m[1].distance]
+    pairs = ratio_matches(a, b, cfg)
+    assert len(pairs) > 300 and pairs.tolist() == [list(p) for p in reference]
+    some = np.arange(0, 400, 3)
+    assert ratio_matches(a, b, cfg, some).tolist() == [p for p in pairs.tolist() if p[0] % 3 == 0]
+    orb = LocalFeatures(a.keypoints, a.descriptors[:, :32], a.depths, a.image_size)
+    assert len(ratio_matches(orb, b, cfg)) == 0  # another feature type cannot be matched
+
+
 def _pose2d(x: float, y: float, yaw: float) -> np.ndarray:
     T = np.eye(4)
     T[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
@@ -142,31 +201,44 @@ def test_aligned_rows_are_the_pairs_the_sequence_score_averaged() -> None:
     assert aligned_rows(2, q_pos, map_pos, max_gap=0.6).tolist() == [-1, -1, 0, 1, 2]  # nothing before the map's start
 
 
-def test_backfill_closes_the_first_keyframes_of_a_revisit() -> None:
-    """A street driven twice (keyframes 0-19, a detour, then 40-59), RGB only (no depth), default preset.
+STREET_DIM, STREET_REVISIT = 64, 40  # descriptor size; the keyframe where the street's second drive starts
+
+
+def _street_revisit() -> tuple[SessionMap, dict[int, np.ndarray]]:
+    """A street driven twice (keyframes 0-19, a detour, then 40-59 0.8 m aside), RGB only (no depth):
+    the session map and each keyframe's camera pose (= its odometry pose).
 
     Global descriptors: one per place along the street (consecutive places alike) plus noise; local
-    features: projections of the street's 3-D points. The window must fill before a sequence is
-    accepted; back-filling then gives the revisit's first keyframes their closures, late, against the
-    places the sequence aligned them with, all correct and one per keyframe.
+    features: projections of the street's 3-D points.
     """
     rng = np.random.default_rng(4)
     K = np.array([[320.0, 0, 320], [0, 320, 240], [0, 0, 1]])
     street = np.column_stack([rng.uniform(-12, 12, 1200), rng.uniform(-4, 2, 1200), rng.uniform(0, 60, 1200)])
     street_desc = rng.integers(0, 256, size=(1200, 128), dtype=np.uint8)
-    dim, first = 64, 40
-    places = _unit(np.cumsum(rng.normal(size=(20, dim)), axis=0))  # a random walk: consecutive places alike
-    builder = SessionMapBuilder("s", "fp", dim, feature="sift")
+    places = _unit(np.cumsum(rng.normal(size=(20, STREET_DIM)), axis=0))  # a random walk: consecutive places alike
+    builder = SessionMapBuilder("s", "fp", STREET_DIM, feature="sift")
+    poses = {}
     for k in range(60):
-        if k < 20 or k >= first:
-            p = k % first
-            pose = _pose(3.0, (0.8, 0.0, 1.5 * p - 6.0)) if k >= first else _pose(0.0, (0.0, 0.0, 1.5 * p - 6.0))
-            desc, feats = _unit(places[p] + 0.3 * rng.normal(size=dim) / math.sqrt(dim)), _view(street, pose, K, street_desc, rng)
+        if k < 20 or k >= STREET_REVISIT:
+            p = k % STREET_REVISIT
+            pose = _pose(3.0, (0.8, 0.0, 1.5 * p - 6.0)) if k >= STREET_REVISIT else _pose(0.0, (0.0, 0.0, 1.5 * p - 6.0))
+            desc = _unit(places[p] + 0.3 * rng.normal(size=STREET_DIM) / math.sqrt(STREET_DIM))
+            feats = _view(street, pose, K, street_desc, rng)
         else:  # the detour: elsewhere, nothing in common with the street
-            pose, desc, feats = _pose(0.0, (0.0, 0.0, 500.0 + 1.5 * k)), _unit(rng.normal(size=dim)), None
+            pose, desc, feats = _pose(0.0, (0.0, 0.0, 500.0 + 1.5 * k)), _unit(rng.normal(size=STREET_DIM)), None
+        poses[k] = pose
         builder.append(k, 2.0 * k, desc, pose, K, feats)
-    smap = builder.snapshot()
-    engine = LoopClosureEngine(ENGINE_PRESETS["default"], dim, "fp", "s")
+    return builder.snapshot(), poses
+
+
+def test_backfill_closes_the_first_keyframes_of_a_revisit() -> None:
+    """The street driven twice, default preset. The window must fill before a sequence is accepted;
+    back-filling then gives the revisit's first keyframes their closures, late, against the places
+    the sequence aligned them with, all correct and one per keyframe.
+    """
+    smap, _ = _street_revisit()
+    first = STREET_REVISIT
+    engine = LoopClosureEngine(ENGINE_PRESETS["default"], STREET_DIM, "fp", "s")
     found = [(row, c) for row in range(len(smap)) for c in engine.replay_keyframe(smap, row).closures]
     closures = [c for _, c in found]
     assert closures and all(c.query_id - first == c.match_id for c in closures), [(c.query_id, c.match_id) for c in closures]
@@ -174,3 +246,16 @@ def test_backfill_closes_the_first_keyframes_of_a_revisit() -> None:
     early = {c.query_id for row, c in found if c.query_id in range(first, first + 4)}
     assert len(early) >= 3
     assert all(row > c.query_id for row, c in found if c.query_id in early)  # published once the window was full
+
+
+def test_rgb_only_revisit_closures_through_the_engine_carry_accurate_metric_translations() -> None:
+    """The engine triangulates the match keyframe from its neighbours (only the keypoints paired with
+    the query): the closures of an RGB-only revisit are metric and their translation is right."""
+    smap, poses = _street_revisit()
+    engine = LoopClosureEngine(ENGINE_PRESETS["default"], STREET_DIM, "fp", "s")
+    closures = [c for row in range(len(smap)) for c in engine.replay_keyframe(smap, row).closures]
+    metric = [c for c in closures if c.metric]
+    assert len(closures) >= 15 and len(metric) >= 0.8 * len(closures)
+    for c in metric:
+        truth = np.linalg.inv(poses[c.query_id]) @ poses[c.match_id]
+        assert np.linalg.norm(c.T_query_match[:3, 3] - truth[:3, 3]) < 0.05, (c.query_id, c.match_id)  # true 0.8 m aside

@@ -12,7 +12,9 @@ Measures, on generated drives (``clino_vpr_ros.synth``):
    the keyframe interval are skipped before encoding;
 4. drop behaviour at 30 Hz, 640x480, real 30 Hz stamps and worst case;
 5. keeping up with a 30 Hz camera: images + odometry at 30 Hz, real stamps, a robot at 3 m/s, so
-   the default preset makes 1-2 keyframes per second; frames received / processed / dropped;
+   the default preset makes 1-2 keyframes per second; frames received / processed / dropped; then
+   the same during a revisit without depth (day 2 against day 1's map, 2 keyframes per second, each
+   closing a loop with a triangulated metric pose): keyframes per second and closures published;
 6. the cost per stage of a keyframe (encode, local features, retrieval or sequence scoring,
    re-ranking, verification, pose = triangulation + PnP, the rest): median and p90 ms over the
    keyframes of a day-2 drive against day 1's map, measured in-process with the pipeline the node
@@ -26,6 +28,7 @@ Prints the tables and the load average (the machine may be shared). Run:
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import tempfile
 import time
@@ -46,8 +49,10 @@ def _rss_mib(pid: int) -> float:
     return float("nan")
 
 
+@functools.lru_cache(maxsize=4)
 def _frames(size_hw: tuple[int, int], n: int, seed: int, shift_m: float = 0.0):
-    """A generated drive: (session, BGR frames, odom poses), optionally driven ``shift_m`` further right."""
+    """A generated drive: (session, BGR frames, odom poses), optionally driven ``shift_m`` further right.
+    Cached: the per-stage run and the revisit keep-up run drive the same two days (read-only use)."""
     from clino_vpr_ros.synth import CONDITIONS, SessionConfig, generate_session, generate_town, pose2d
 
     town = generate_town(seed)
@@ -222,8 +227,38 @@ def _keep_up(bench: _Bench, rate_hz: float, duration_s: float, speed_mps: float,
         bench.stop(node, client)
 
 
-def _stages(model: Path, n: int, preset: str) -> dict[str, list[float]]:
-    """Per-keyframe stage times (ms) of day 2 driven against day 1's map, in-process."""
+def _keep_up_revisit(bench: _Bench, rate_hz: float, n: int, day1_map: Path, results: dict) -> None:
+    """Keeping up during a revisit without depth: day 2 of the per-stage run (``n`` views, 3.5 m apart)
+    against day 1's map, RGB + odometry + camera_info at ``rate_hz``, each view held for 0.5 s, so the
+    ``default`` preset makes a keyframe of every view (2 per second) and every one of them closes a
+    loop with a triangulated metric pose; keyframes per second show whether the node keeps up."""
+    from clino_vpr_ros.ros.conversions import matrix_to_quaternion
+
+    session, _, _ = _frames((480, 640), n, seed=11)
+    _, day2, odom2 = _frames((480, 640), n, seed=11, shift_m=1.0)
+    mount = [*map(float, session.base_T_camera[:3, 3]), *matrix_to_quaternion(session.base_T_camera[:3, :3])]
+    node, client = bench.start("keepup_revisit", prior_maps=[str(day1_map)], base_T_camera=mount)
+    hold = int(round(rate_hz * 0.5))
+    try:
+        def publish(k: int) -> None:
+            i = k // hold
+            _publish(client, session, day2[i], odom2[i], session.frames[i].stamp + 86400.0 + (k % hold) / rate_hz)
+
+        achieved = _paced(n * hold, rate_hz, publish)
+        client.wait_drained(node)
+        client.wait_for_results(node)
+        kf, seconds = client.counter("engine_keyframes"), n * hold / rate_hz
+        results[f"revisit without depth, {rate_hz:g} Hz 640x480 + odometry for {seconds:g} s against day 1's map "
+                f"(achieved {achieved:.1f} Hz): received/sent, processed, dropped, keyframes (per s), closures"] = (
+            f"{client.counter('frames_received')}/{n * hold}, {client.counter('frames_processed')}, "
+            f"{client.counter('frames_dropped')}, {kf} ({kf / seconds:.1f}/s), {client.received_counts()[0]}")
+    finally:
+        bench.stop(node, client)
+
+
+def _stages(model: Path, n: int, preset: str, day1_map: Path) -> dict[str, list[float]]:
+    """Per-keyframe stage times (ms) of day 2 driven against day 1's map, in-process; day 1's map is
+    saved to ``day1_map`` (the revisit keep-up run's prior map)."""
     import dataclasses
 
     from clino_vpr_ros.engine import get_engine_config
@@ -237,6 +272,7 @@ def _stages(model: Path, n: int, preset: str) -> dict[str, list[float]]:
     first = LoopClosurePipeline.from_files(model, cfg, "day1", base_T_camera=session.base_T_camera)
     for i in tqdm(range(n), desc="stages: day 1"):
         first.process(session.frames[i].stamp, day1[i], "bgr8", K=session.K, odom_T_base=odom1[i])
+    first.engine.save_map(day1_map)
     second = LoopClosurePipeline.from_files(model, cfg, "day2", base_T_camera=session.base_T_camera)
     second.engine.add_prior_map(first.engine.snapshot())
     for i in tqdm(range(n), desc="stages: day 2"):
@@ -323,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-seconds", type=float, default=4.0, help="seconds per rate")
     ap.add_argument("--long-frames", type=int, default=1000, help="frames of the memory replay")
     ap.add_argument("--memory-only", action="store_true", help="only the long replay (resident memory)")
-    ap.add_argument("--stages-only", action="store_true", help="only the per-stage cost table and the 30 Hz keep-up run")
+    ap.add_argument("--stages-only", action="store_true", help="only the per-stage cost table and the 30 Hz keep-up runs")
     ap.add_argument("--stage-frames", type=int, default=60, help="frames per day of the per-stage run")
     ap.add_argument("--stage-preset", default="default", help="engine preset of the per-stage run (re-ranking on)")
     ap.add_argument("--keep-up-seconds", type=float, default=10.0, help="seconds of the 30 Hz keep-up run")
@@ -342,11 +378,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import os
 
-    stage_times = None if args.memory_only else _stages(args.model, args.stage_frames, args.stage_preset)
+    day1_map = workdir / "stages_day1.npz"
+    stage_times = None if args.memory_only else _stages(args.model, args.stage_frames, args.stage_preset, day1_map)
     if args.stages_only:
         _keep_up(bench, 30.0, args.keep_up_seconds, 3.0, results)
     elif not args.memory_only:
         _throughput(bench, args, results)
+    if not args.memory_only:
+        _keep_up_revisit(bench, 30.0, args.stage_frames, day1_map, results)
     if not args.stages_only:
         _memory(bench, args.long_frames, results)
 
