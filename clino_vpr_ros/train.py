@@ -50,7 +50,8 @@ METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
 AMP_MODES = ("none", "bf16", "fp16")
 #: TrainConfig fields that may differ between a run and its resumption (they do not change results)
-_RESUME_FREE_FIELDS = ("epochs", "resume", "progress", "workers", "device", "threads", "val_batch_size")
+_RESUME_FREE_FIELDS = ("epochs", "resume", "progress", "workers", "device", "threads", "val_batch_size",
+                       "keep_epochs")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class TrainConfig:
     semantic gate added on top: its CLIP tower has the shape of preset ``gate_clip``'s (weights from
     ``clip``; random without), the input is ``image_size`` (default 322x322), ``num_heads`` as in the
     import. ``gate_only``: train the gate alone, everything else frozen and in eval mode.
+    ``keep_epochs``: also keep every epoch's checkpoint (``epoch_NNN.safetensors``), so an epoch can be
+    chosen afterwards on a larger validation set than ``val``.
     """
 
     data: Path
@@ -98,6 +101,7 @@ class TrainConfig:
     num_heads: int | None = None
     resume: bool = False
     progress: bool = True
+    keep_epochs: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_places < 2 or self.img_per_place < 2:
@@ -429,6 +433,8 @@ def _save_epoch(out: Path, cfg: TrainConfig, model: torch.nn.Module, opt: _Optim
     recall = prog.history[-1]["recall"]
     extra = {"epoch": prog.epoch, "step": prog.step, "recall": recall, "train_config": cfg.to_dict()}
     _save_checkpoint(out / LAST_FILE, model, extra)
+    if cfg.keep_epochs:
+        _save_checkpoint(out / f"epoch_{prog.epoch:03d}.safetensors", model, extra)
     if _better(recall, prog.best["recall"] if prog.best else None):
         prog.best = {"epoch": prog.epoch, "recall": recall}
         _save_checkpoint(out / BEST_FILE, model, extra)
@@ -564,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --init-from: ViT attention heads (default width / 64)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="also keep every epoch's checkpoint (<out>/epoch_NNN.safetensors) to choose one afterwards")
     return p
 
 
@@ -578,7 +586,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         val_radius_m=args.val_radius, val_batch_size=args.val_batch_size, dinov2=args.dinov2, clip=args.clip,
         init=args.init, init_from=args.init_from, gate_only=args.gate_only, gate_clip=args.gate_clip,
         image_size=tuple(args.image_size) if args.image_size else None, num_heads=args.num_heads,
-        resume=args.resume, progress=not args.no_progress,
+        resume=args.resume, progress=not args.no_progress, keep_epochs=args.keep_epochs,
     )
 
 

@@ -88,3 +88,40 @@ def test_stronger_standin_carries_the_shipped_vit_frozen() -> None:
     assert not any(p.requires_grad for p in model.backbone.parameters())
     assert all(p.requires_grad for p in model.aggregator.parameters())
     assert model.gate is None and model.config.salad.num_clusters == 16
+
+
+def test_oracle_masks_see_the_eval_images_and_a_full_mask_changes_nothing(tmp_path: Path) -> None:
+    import cv2
+
+    from clino_vpr_ros.model.encoder import build_encoder
+    from clino_vpr_ros.synth.writers import _imwrite_jpg, write_downloader_sets
+
+    oracle = _script("gate_oracle_masks")
+    d = oracle.render_eval(901, 3, (112, 112))
+    sets = write_downloader_sets(tmp_path, 901, 3, (112, 112), progress=False)
+    # the re-rendered query images are the written ones, in the same order: through the writer's JPEG
+    # encoding they decode to the very same pixels
+    def read(f: Path) -> np.ndarray:
+        return cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)
+
+    for variant in ("same", "cross"):
+        # in the order written: by the pano id (q00000, q00001...), not by the coordinates leading the name
+        files = sorted((sets[variant] / "images" / "test" / "queries").glob("*.jpg"), key=lambda f: f.name.split("@")[7])
+        for i, f in enumerate(files):
+            _imwrite_jpg(tmp_path / "again.jpg", d[f"{variant}_rgb"][i])
+            assert np.array_equal(read(f), read(tmp_path / "again.jpg"))
+    assert list(d["cross_cond"]) == ["dusk", "overcast_fog", "autumn_rain"]
+    # a cell's mask is 1 - strength x its fraction of the suppressed labels (the 14 x 14 px top-left cell)
+    m = oracle.oracle_mask(d["db_lab"], ("sky",), 0.5, (8, 8))
+    assert m.shape == (3, 1, 8, 8)
+    assert math.isclose(m[0, 0, 0, 0], 1 - 0.5 * float((d["db_lab"][0, :14, :14] == LABELS["sky"]).mean()), abs_tol=1e-6)
+    # the oracle path with an all-ones mask gives the descriptors of the model with its gate fully open
+    model = build_encoder(get_model_config("tiny")).eval()
+    model.gate.open_(30.0)
+    ones = np.ones((3, 1, 8, 8), np.float32)
+    assert np.allclose(oracle.descriptors(model, d["db_rgb"], ones), oracle.descriptors(model, d["db_rgb"], None), atol=1e-6)
+    # a query whose nearest database image lies beyond 25 m is a miss
+    xy = np.array([[0.0, 0.0], [100.0, 0.0]])
+    desc = np.eye(2, dtype=np.float32)
+    assert oracle.top1_hits(desc, desc, xy, xy).tolist() == [True, True]
+    assert oracle.top1_hits(desc, desc[::-1], xy, xy).tolist() == [False, False]

@@ -82,13 +82,19 @@ def test_training_lowers_the_loss_and_raises_recall(data, tmp_path) -> None:
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data, tmp_path) -> None:
     fast = dict(val=None, iters_per_epoch=2, epochs=2, batch_places=8)
-    train(_cfg(data, tmp_path / "straight", **fast))
+    train(_cfg(data, tmp_path / "straight", **fast, keep_epochs=True))
     train(_cfg(data, tmp_path / "resumed", **{**fast, "epochs": 1}))
+    after_one = load_file(tmp_path / "resumed" / "last.safetensors")
     train(_cfg(data, tmp_path / "resumed", **fast, resume=True))
+    # --keep-epochs kept each epoch's weights (to choose an epoch afterwards on other validation sets)
+    kept = [load_file(tmp_path / "straight" / f"epoch_{e:03d}.safetensors") for e in (1, 2)]
+    assert all(torch.equal(kept[0][k], after_one[k]) for k in after_one)
+    assert not (tmp_path / "resumed" / "epoch_001.safetensors").exists()
     a = load_file(tmp_path / "straight" / "last.safetensors")
     b = load_file(tmp_path / "resumed" / "last.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(kept[1][k], a[k]) for k in a)
     state = torch.load(tmp_path / "resumed" / "train_state.pt", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 4
 
