@@ -4,19 +4,12 @@ odometry and its revisit's other closures contradict is never published."""
 from __future__ import annotations
 
 import numpy as np
+from _engine_scene import base_pose as _pose
 
 from clino_vpr_ros.consistency import ConsistencyConfig, ConsistencyGate, disagreement
 from clino_vpr_ros.engine import LoopClosure
 
 ON = ConsistencyConfig(enabled=True, window=10, max_rotation_deg=6.0, max_translation_m=2.0)
-
-
-def _pose(x: float, y: float, yaw_deg: float) -> np.ndarray:
-    c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
-    T = np.eye(4)
-    T[:2, :2] = [[c, -s], [s, c]]
-    T[:2, 3] = x, y
-    return T
 
 
 # session 2's odometry frame in session 1's: a revisit seen from another origin and heading
