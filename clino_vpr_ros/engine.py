@@ -87,12 +87,14 @@ _SEQUENCE = SequenceConfig(enabled=True)
 
 ENGINE_PRESETS: dict[str, EngineConfig] = {
     # sequence scoring (5 aligned keyframes), margin 0.12 over the best other place (the robust z test
-    # relaxed to 1), back-filling of the window's first keyframes once a place is verified, verified
-    # rotation within 25 deg (5 deg inside the 30 deg revisit definition), and a closure published only once
-    # it agrees with a metric closure of its revisit (consistency module); with that check no single pair
-    # carries a closure alone, so 12 inliers suffice (20 elsewhere; 8 and 10 gave the same recall). All chosen
-    # on validation towns 961/962 (models/README.md): no wrong closure there, recall 0.93-0.98
-    "default": EngineConfig(sequence=replace(_SEQUENCE, min_z=1.0, min_margin=0.12, backfill=True), max_rotation_deg=25.0,
+    # relaxed to 1), verified rotation within 25 deg (5 deg inside the 30 deg revisit definition),
+    # back-filling up to 9 keyframes before a verified one (a revisit found late, e.g. at a session's start,
+    # still gets its first keyframes), and a closure published only once it agrees with a metric closure of
+    # its revisit (consistency module); with that check no single pair carries a closure alone, so 12 inliers
+    # suffice (20 elsewhere; 8 and 10 gave the same recall). All chosen on validation towns 961/962 and
+    # 966/967 (models/README.md): no wrong closure there, recall 0.88-0.98
+    "default": EngineConfig(sequence=replace(_SEQUENCE, min_z=1.0, min_margin=0.12, backfill=True, backfill_keyframes=9),
+                            max_rotation_deg=25.0,
                             consistency=ConsistencyConfig(enabled=True), verify=VerifyConfig(min_inliers=12)),
     # the former default: single-frame candidates (ORB-SLAM3-like 3 consecutive matches, de-duplication);
     # precision 1.0 on every held-out sequence measured, recall 0.05-0.10
@@ -618,7 +620,18 @@ class LoopClosureEngine:
         if self.cfg.rerank.enabled and tokens is not None and len(tokens):
             picks = self._reranked_picks(m.row, near, track, desc, tokens, source) or picks
         out = [self._track_candidate(track, j, source, query_seq, stamp, m.score, m.z, m.length) for j in picks]
-        return out, _Accepted(source, track, m.row, query_rows, q_pos, map_pos, gap)
+        return out, self._accepted(source, track, m.row, query_rows[-1], metric, map_pos, gap)
+
+    def _accepted(self, source: int, track: _Track, j: int, row: int, metric: bool, map_pos: np.ndarray, gap: float
+                  ) -> _Accepted:
+        """The accepted match of live row ``row`` with track index ``j``, kept for back-filling the
+        ``sequence.backfill_keyframes`` live keyframes before it (positions in the alignment's unit)."""
+        back = min(self.cfg.sequence.backfill_keyframes, row)
+        q_pos = np.asarray(self._live_pos[row - back: row + 1], np.float64) if metric else np.arange(back + 1.0)
+        if not np.all(np.isfinite(q_pos)):  # a keyframe without odometry in the reach: back to the window
+            back = min(self.cfg.sequence.window - 1, row)
+            q_pos = q_pos[-(back + 1):]
+        return _Accepted(source, track, j, list(range(row - back, row + 1)), q_pos, map_pos, gap)
 
     def _track_candidate(self, track: _Track, j: int, source: int, query_seq: int, stamp: float, score: float,
                          z: float = 0.0, length: int = 0) -> Candidate:

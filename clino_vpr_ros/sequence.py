@@ -42,7 +42,8 @@ class SequenceConfig:
     verified, the earlier keyframes of its window are verified against their aligned map keyframes
     too (each at most once per map, only where that pair's own cosine reaches
     ``backfill_min_cosine``): the first keyframes of a revisit, which the window needs to fill,
-    get their closures a few keyframes late instead of none.
+    get their closures a few keyframes late instead of none. backfill_keyframes: how many keyframes
+    before the current one are back-filled along the same alignment (4: the window's).
     """
 
     enabled: bool = False
@@ -57,10 +58,13 @@ class SequenceConfig:
     exclusion_keyframes: float = 5.0
     backfill: bool = False
     backfill_min_cosine: float = 0.3
+    backfill_keyframes: int = 4
 
     def __post_init__(self) -> None:
         if self.window < 1 or not 1 <= self.min_length <= self.window:
             raise ValueError("need window >= 1, 1 <= min_length <= window")
+        if self.backfill_keyframes < 0:
+            raise ValueError(f"backfill_keyframes must be >= 0, got {self.backfill_keyframes}")
         if min(self.max_align_gap_m, self.max_align_gap_keyframes, self.exclusion_m, self.exclusion_keyframes) <= 0:
             raise ValueError("alignment gaps and exclusions must be > 0")
 
