@@ -25,7 +25,7 @@ from tqdm import tqdm
 from clino_vpr_ros.checkpoint import load_encoder
 from clino_vpr_ros.evaluate import write_json_atomic
 from clino_vpr_ros.synth import CONDITIONS, LABELS, Renderer
-from clino_vpr_ros.synth.writers import _CROSS_CONDITIONS, _camera_pose, _jitter, town_with_capacity
+from clino_vpr_ros.synth.writers import _CROSS_CONDITIONS, _camera_pose, downloader_layout
 
 _CLUTTER = ("sky", "vegetation", "vehicle", "pedestrian")
 #: name -> (labels suppressed, strength): a cell's mask is 1 - strength x (fraction of its pixels with those labels)
@@ -47,13 +47,8 @@ def render_eval(town_seed: int, n_places: int, size: tuple[int, int]) -> dict[st
     Returns uint8 rgb/labels (n,H,W[,3]) for db, same, cross; float xy (n,2) for db and q; cross condition
     names (n,). Same rng draws as the writer, so the images are those of ``clino-vpr synth eval``.
     """
-    town, places = town_with_capacity(town_seed, 30.0, n_places)
+    town, places, queries, rng = downloader_layout(town_seed, n_places)
     renderer = Renderer(town, size)
-    rng = np.random.default_rng([int(town_seed), 0xD0C])
-    places = places[:n_places]
-    queries = np.stack([_jitter(rng, p, 5.0, 0.0, 10.0) for p in places])
-    right = np.column_stack([np.sin(queries[:, 2]), -np.cos(queries[:, 2])])
-    queries[:, :2] += 2.5 * right
     day = CONDITIONS["day"]
     out: dict[str, list] = {k: [] for k in ("db_rgb", "db_lab", "same_rgb", "same_lab", "cross_rgb", "cross_lab")}
     for i in tqdm(range(n_places), desc=f"town {town_seed}", unit="place"):

@@ -418,6 +418,19 @@ def parse_downloader_name(name: str) -> tuple[float, float]:
 _CROSS_CONDITIONS = ("dusk", "overcast_fog", "autumn_rain", "night", "winter")
 
 
+def downloader_layout(town_seed: int, n_places: int) -> tuple[Town, np.ndarray, np.ndarray, np.random.Generator]:
+    """(town, places, queries, rng) of :func:`write_downloader_sets`: database viewpoints and query
+    viewpoints (float (n,3) x, y, yaw), and the generator whose next draws pick the query conditions.
+    Anything that must reproduce those images (e.g. with labels) starts from here."""
+    town, places = town_with_capacity(town_seed, 30.0, n_places)
+    rng = np.random.default_rng([int(town_seed), 0xD0C])
+    places = places[:n_places]
+    queries = np.stack([_jitter(rng, p, 5.0, 0.0, 10.0) for p in places])
+    right = np.column_stack([np.sin(queries[:, 2]), -np.cos(queries[:, 2])])
+    queries[:, :2] += 2.5 * right  # other lane: >= 2 m lateral viewpoint change
+    return town, places, queries, rng
+
+
 def write_downloader_sets(out: Path, town_seed: int, n_places: int, image_size: tuple[int, int] = (224, 224),
                           progress: bool = True, overwrite: bool = False) -> dict[str, Path]:
     """Database/query eval sets in the downloader format for one town. Returns {"same": dir, "cross": dir}.
@@ -428,13 +441,8 @@ def write_downloader_sets(out: Path, town_seed: int, n_places: int, image_size: 
     "same": day with other clutter; "cross": another time of day / weather preset with other clutter.
     """
     out = Path(out)
-    town, places = town_with_capacity(town_seed, 30.0, n_places)
+    town, places, queries, rng = downloader_layout(town_seed, n_places)
     renderer = Renderer(town, image_size)
-    rng = np.random.default_rng([int(town_seed), 0xD0C])
-    places = places[:n_places]
-    queries = np.stack([_jitter(rng, p, 5.0, 0.0, 10.0) for p in places])
-    right = np.column_stack([np.sin(queries[:, 2]), -np.cos(queries[:, 2])])
-    queries[:, :2] += 2.5 * right  # other lane: >= 2 m lateral viewpoint change
     db_cond = CONDITIONS["day"]
     result = {}
     for variant in ("same", "cross"):
