@@ -50,7 +50,7 @@ class ConsistencyConfig:
     agrees with a metric one within ``max_rotation_direction_deg`` (its essential-matrix rotation is
     the noisier one: 5-18 deg off for right closures on validation towns) and when the metric one
     and odometry put its match keyframe at most ``max_distance_m`` from it (its own translation has
-    no length to compare; a revisit is within 10 m), and when the heading difference they predict for
+    no length to compare; a revisit is within 8 m), and when the heading difference they predict for
     it is at most ``max_heading_deg`` (the ``default`` preset's limit on a verified rotation, applied
     to the better estimate: an essential matrix's rotation can be 15 deg off, so a view of the right
     place from 36 deg passes its own check). Chosen on validation towns 961/962 (docs/loop_closure.md)."""

@@ -32,7 +32,7 @@ from clino_vpr_ros.consistency import ConsistencyConfig, ConsistencyGate
 from clino_vpr_ros.index import IndexConfig, KeyframeIndex
 from clino_vpr_ros.keyframes import KeyframeConfig, KeyframeSelector, rotation_angle_deg
 from clino_vpr_ros.rerank import RerankConfig, rerank, select_tokens
-from clino_vpr_ros.sequence import SequenceConfig, aligned_rows, best_match, sequence_scores, track_positions
+from clino_vpr_ros.sequence import SequenceConfig, backfill_rows, best_match, bracketing_rows, sequence_scores, track_positions
 from clino_vpr_ros.session_map import MapWriter, SessionMap, SessionMapBuilder, check_compatible
 from clino_vpr_ros.triangulate import Neighbour, TriangulationConfig, camera_motion, with_triangulated_depths
 from clino_vpr_ros.verify import (LocalFeatures, Verification, VerifyConfig, extract_features, ratio_matches, to_gray,
@@ -59,6 +59,9 @@ class EngineConfig:
     max_rotation_deg: a verified closure whose relative rotation exceeds this is dropped (None: keep):
     a revisit is a view of the same place within 30 deg of heading (the ground truth's and the
     training's place definition); beyond it descriptors and features mostly match by accident.
+    max_translation_m: a verified closure with a metric translation longer than this is dropped (None: keep):
+    a revisit is within 8 m (the generated ground truth's radius); two views farther apart that share
+    features look at the same thing from different places, which the back end need not be told.
     """
 
     keyframes: KeyframeConfig = KeyframeConfig()
@@ -75,6 +78,7 @@ class EngineConfig:
     publish_unverified: bool = False
     descriptor_norm_tolerance: float = 1e-2
     max_rotation_deg: float | None = 30.0
+    max_translation_m: float | None = None
 
     def __post_init__(self) -> None:
         if self.autosave_period_s < 0:
@@ -87,14 +91,17 @@ _SEQUENCE = SequenceConfig(enabled=True)
 
 ENGINE_PRESETS: dict[str, EngineConfig] = {
     # sequence scoring (5 aligned keyframes), margin 0.12 over the best other place (the robust z test
-    # relaxed to 1), verified rotation within 25 deg (5 deg inside the 30 deg revisit definition),
-    # back-filling up to 9 keyframes before a verified one (a revisit found late, e.g. at a session's start,
-    # still gets its first keyframes), and a closure published only once it agrees with a metric closure of
+    # relaxed to 1), verified rotation within 25 deg and metric translation within 7.5 m (inside the 30 deg /
+    # 8 m revisit definition), back-filling up to 9 keyframes before a verified one (a revisit found late, e.g.
+    # at a session's start, still gets its first keyframes; the aligned map keyframe, else the one on its
+    # other side, up to 2 alignment gaps away), following a revisit from its latest published closure where
+    # the sequence margin falls short, and a closure published only once it agrees with a metric closure of
     # its revisit (consistency module); with that check no single pair carries a closure alone, so 12 inliers
-    # suffice (20 elsewhere; 8 and 10 gave the same recall). All chosen on validation towns 961/962 and
-    # 966/967 (models/README.md): no wrong closure there, recall 0.88-0.98
-    "default": EngineConfig(sequence=replace(_SEQUENCE, min_z=1.0, min_margin=0.12, backfill=True, backfill_keyframes=9),
-                            max_rotation_deg=25.0,
+    # suffice (20 elsewhere; 8 and 10 gave the same recall). All chosen on validation towns 961/962/963,
+    # 966/967, 972-975 and 978 (models/README.md): no wrong closure there
+    "default": EngineConfig(sequence=replace(_SEQUENCE, min_z=1.0, min_margin=0.12, backfill=True, backfill_keyframes=9,
+                                                            backfill_gap_factor=2.0, follow=True),
+                            max_rotation_deg=25.0, max_translation_m=7.5,
                             consistency=ConsistencyConfig(enabled=True), verify=VerifyConfig(min_inliers=12)),
     # the former default: single-frame candidates (ORB-SLAM3-like 3 consecutive matches, de-duplication);
     # precision 1.0 on every held-out sequence measured, recall 0.05-0.10
@@ -228,7 +235,7 @@ _SESSION_GAP = 1e9
 class _Accepted:
     """An accepted sequence match, kept for back-filling its window: the map keyframe ``j`` (track
     index) of ``source``'s track, the window's live rows (oldest first, the current one last), their
-    track positions and those of the map, in the alignment's unit."""
+    track positions and those of the map, in the alignment's unit (metres when ``metric``, else keyframes)."""
 
     source: int
     track: _Track
@@ -237,6 +244,7 @@ class _Accepted:
     query_pos: np.ndarray
     map_pos: np.ndarray
     gap: float
+    metric: bool
 
 
 def _prior_track(smap: SessionMap) -> _Track:
@@ -328,6 +336,7 @@ class LoopClosureEngine:
         self._live_odom_count = 0
         self._backfilled: set[tuple[int, int]] = set()  # (live row, source) with a verified closure
         self._backfill_tried: set[tuple[int, int, int]] = set()  # (live row, source, track index) verified by back-filling
+        self._followed: dict[int, tuple[_Accepted, LoopClosure]] = {}  # source -> its revisit's latest verified match
         self._consistency = ConsistencyGate(self.cfg.consistency)
         self._next_id = 0
         self._last_autosave_clock: float | None = None
@@ -530,7 +539,14 @@ class LoopClosureEngine:
                 self._backfilled.add((query_seq, acc.source))  # has its closure to this map already
                 if self.cfg.sequence.backfill:
                     found += self._backfill(acc, found[0][1])
-            closures += self._consistent(query_seq, found)
+            published = self._consistent(query_seq, found)
+            self._follow_from(acc, kf_id, published)
+            closures += published
+        if self.cfg.sequence.follow:
+            for acc, found in self._follow(query_seq):
+                published = self._consistent(query_seq, found)
+                self._follow_from(acc, kf_id, published)
+                closures += published
         self._counts["published"] += len(closures)
         self._add_stage("verification", t0)
         if "pose" in self.stage_ms:  # triangulation + PnP ran inside verification: count it once
@@ -631,7 +647,7 @@ class LoopClosureEngine:
         if not np.all(np.isfinite(q_pos)):  # a keyframe without odometry in the reach: back to the window
             back = min(self.cfg.sequence.window - 1, row)
             q_pos = q_pos[-(back + 1):]
-        return _Accepted(source, track, j, list(range(row - back, row + 1)), q_pos, map_pos, gap)
+        return _Accepted(source, track, j, list(range(row - back, row + 1)), q_pos, map_pos, gap, metric)
 
     def _track_candidate(self, track: _Track, j: int, source: int, query_seq: int, stamp: float, score: float,
                          z: float = 0.0, length: int = 0) -> Candidate:
@@ -666,25 +682,61 @@ class LoopClosureEngine:
         """
         cfg = self.cfg.sequence
         closures: list[tuple[int, LoopClosure]] = []
-        rows = aligned_rows(acc.j, acc.query_pos, acc.map_pos, acc.gap)
-        for q_row, j in zip(acc.query_rows[:-1], rows[:-1]):
-            # a row is tried again when a later anchor aligns it with another map keyframe: the first
-            # anchor of a revisit is often aligned a keyframe off, which the next one corrects
-            if j < 0 or (q_row, acc.source) in self._backfilled or (q_row, acc.source, int(j)) in self._backfill_tried:
-                continue
-            self._backfill_tried.add((q_row, acc.source, int(j)))
-            cosine = float(self._live.descriptor(q_row) @ acc.track.descriptors[j])
-            if cosine < cfg.backfill_min_cosine:
-                continue
-            q_id, q_stamp, q_pose, q_K = self._live.row_info(q_row)
-            cand = self._track_candidate(acc.track, int(j), acc.source, q_row, q_stamp, cosine)
-            if self._predicted_rotation_deg(anchor, q_pose, cand) > (self.cfg.max_rotation_deg or 180.0):
-                continue
-            found = self._verify_ready([cand], q_id, q_stamp, q_pose, q_K, self._live.features(q_row))
-            if found:
-                self._backfilled.add((q_row, acc.source))
-            closures += [(q_row, c) for c in found]
+        rows = backfill_rows(acc.j, acc.query_pos, acc.map_pos, acc.gap * cfg.backfill_gap_factor)
+        for q_row, pair in zip(acc.query_rows[:-1], rows[:-1]):
+            for j in pair[pair >= 0]:  # the aligned map keyframe, then the one on its other side
+                if (q_row, acc.source) in self._backfilled:
+                    break
+                closures += self._backfill_pair(acc, anchor, q_row, int(j))
         return closures
+
+    def _backfill_pair(self, acc: _Accepted, anchor: LoopClosure, q_row: int, j: int) -> list[tuple[int, LoopClosure]]:
+        """Live row ``q_row`` verified against track index ``j`` of ``acc`` (see :meth:`_backfill`)."""
+        # a pair is verified once: a row is tried again only when a later anchor aligns it with another
+        # map keyframe (the first anchor of a revisit is often a keyframe off, which the next one corrects)
+        # or predicts a heading within the limit for a pair this one's rotation ruled out
+        if (q_row, acc.source, j) in self._backfill_tried:
+            return []
+        cosine = float(self._live.descriptor(q_row) @ acc.track.descriptors[j])
+        if cosine < self.cfg.sequence.backfill_min_cosine:
+            return []
+        q_id, q_stamp, q_pose, q_K = self._live.row_info(q_row)
+        cand = self._track_candidate(acc.track, j, acc.source, q_row, q_stamp, cosine)
+        if self._predicted_rotation_deg(anchor, q_pose, cand) > (self.cfg.max_rotation_deg or 180.0):
+            return []
+        self._backfill_tried.add((q_row, acc.source, j))
+        found = self._verify_ready([cand], q_id, q_stamp, q_pose, q_K, self._live.features(q_row))
+        if found:
+            self._backfilled.add((q_row, acc.source))
+        return [(q_row, c) for c in found]
+
+    def _follow_from(self, acc: _Accepted | None, kf_id: int, published: list[LoopClosure]) -> None:
+        """Follow ``acc``'s revisit from the current keyframe (``kf_id``) when one of its closures was published:
+        only a closure that passed every check (consistency included) leads on."""
+        mine = [c for c in published if c.query_id == kf_id]
+        if acc is not None and mine:
+            self._followed[acc.source] = (acc, mine[0])
+
+    def _follow(self, row: int) -> list[tuple[_Accepted, list[tuple[int, LoopClosure]]]]:
+        """Live row ``row`` verified against each map whose revisit it continues without a closure of its
+        own this keyframe, at the map keyframes that the revisit's latest published match and the travelled
+        distance since put it at (see ``SequenceConfig.follow``): (alignment from this row, (row, closure)) per map."""
+        cfg = self.cfg.sequence
+        out: list[tuple[_Accepted, list[tuple[int, LoopClosure]]]] = []
+        for source, (acc, anchor) in list(self._followed.items()):
+            last = acc.query_rows[-1]
+            if (row, source) in self._backfilled or not 0 < row - last <= cfg.backfill_keyframes:
+                continue
+            pos = self._live_pos[row] if acc.metric else acc.query_pos[-1] + (row - last)
+            if not np.isfinite(pos):
+                continue
+            wanted = np.array([acc.map_pos[acc.j] + (pos - acc.query_pos[-1])])
+            for j in bracketing_rows(acc.map_pos, wanted, acc.gap * cfg.backfill_gap_factor)[0]:
+                found = self._backfill_pair(acc, anchor, row, int(j)) if j >= 0 else []
+                if found:
+                    out.append((replace(acc, j=int(j), query_rows=[row], query_pos=np.array([pos])), found))
+                    break
+        return out
 
     def _predicted_rotation_deg(self, anchor: LoopClosure, q_pose: np.ndarray | None, cand: Candidate) -> float:
         """Heading difference (deg) of a back-fill pair from the anchor's verified rotation and the odometry
@@ -785,7 +837,7 @@ class LoopClosureEngine:
                 self._counts["verified" if v.accepted else "rejected"] += 1
                 if not v.accepted:
                     log.debug("candidate %s/%d rejected: %s", session, c.match_id, v.reason)
-            if v is not None and v.accepted and self._rotation_too_large(v):
+            if v is not None and v.accepted and self._out_of_place(v):
                 self._counts["rejected"] += 1
                 continue
             if (v is None or not v.accepted) and not self.cfg.publish_unverified:
@@ -851,9 +903,11 @@ class LoopClosureEngine:
         picks = [same[i] for d in range(1, k + 1) for i in (at - d, at + d) if 0 <= i < len(same)]
         return [(smap.features(int(r)), smap.intrinsics_of(int(r)), smap.pose(int(r))) for r in picks]
 
-    def _rotation_too_large(self, v: Verification) -> bool:
-        limit = self.cfg.max_rotation_deg
-        return limit is not None and rotation_angle_deg(v.qcam_T_mcam[:3, :3]) > limit
+    def _out_of_place(self, v: Verification) -> bool:
+        """Whether a verified pair lies beyond ``max_rotation_deg`` or, metric, beyond ``max_translation_m``."""
+        turn, reach = self.cfg.max_rotation_deg, self.cfg.max_translation_m
+        return ((turn is not None and rotation_angle_deg(v.qcam_T_mcam[:3, :3]) > turn)
+                or (reach is not None and v.metric and float(np.linalg.norm(v.qcam_T_mcam[:3, 3])) > reach))
 
     def _closure(self, c: Candidate, session: str, kf_id: int, stamp: float, odom: np.ndarray | None,
                  m_pose: np.ndarray | None, v: Verification | None, m_bTc: np.ndarray | None) -> LoopClosure:

@@ -44,6 +44,12 @@ class SequenceConfig:
     ``backfill_min_cosine``): the first keyframes of a revisit, which the window needs to fill,
     get their closures a few keyframes late instead of none. backfill_keyframes: how many keyframes
     before the current one are back-filled along the same alignment (4: the window's).
+    backfill_gap_factor: a back-filled keyframe's map keyframe may lie this many ``max_align_gap_*`` from
+    its aligned position (:func:`backfill_rows`; > 1 reaches the first keyframes of a revisit of a map's start).
+    follow: a keyframe that gets no closure of its own to a map whose revisit had a verified match at most
+    ``backfill_keyframes`` keyframes before is verified against the map keyframes that match and the
+    travelled distance since put it at (the back-filling pair tests, forward): a revisit stays found
+    through a stretch where the sequence margin falls short, as back-filling keeps it before its first anchor.
     """
 
     enabled: bool = False
@@ -59,12 +65,16 @@ class SequenceConfig:
     backfill: bool = False
     backfill_min_cosine: float = 0.3
     backfill_keyframes: int = 4
+    backfill_gap_factor: float = 1.0
+    follow: bool = False
 
     def __post_init__(self) -> None:
         if self.window < 1 or not 1 <= self.min_length <= self.window:
             raise ValueError("need window >= 1, 1 <= min_length <= window")
         if self.backfill_keyframes < 0:
             raise ValueError(f"backfill_keyframes must be >= 0, got {self.backfill_keyframes}")
+        if self.backfill_gap_factor < 1.0:
+            raise ValueError(f"backfill_gap_factor must be >= 1, got {self.backfill_gap_factor}")
         if min(self.max_align_gap_m, self.max_align_gap_keyframes, self.exclusion_m, self.exclusion_keyframes) <= 0:
             raise ValueError("alignment gaps and exclusions must be > 0")
 
@@ -131,13 +141,29 @@ def sequence_scores(query: np.ndarray, query_pos: np.ndarray, map_desc: np.ndarr
     return scores, count
 
 
-def aligned_rows(j: int, query_pos: np.ndarray, map_pos: np.ndarray, max_gap: float) -> np.ndarray:
-    """The map keyframe aligned with each query keyframe of the window when the current one matches
-    map keyframe ``j`` (the pairs :func:`sequence_scores` averaged): int (W,), -1 where none."""
-    wanted = map_pos[j] - (query_pos[-1] - np.asarray(query_pos, np.float64))
-    idx = _nearest(map_pos, wanted)
-    ok = (np.abs(map_pos[idx] - wanted) <= max_gap) & (idx <= j)
-    return np.where(ok, idx, -1)
+def bracketing_rows(map_pos: np.ndarray, wanted: np.ndarray, max_gap: float) -> np.ndarray:
+    """The two map keyframes either side of each wanted track position, nearest first, each at most
+    ``max_gap`` from it: int (W, 2), -1 where none (map_pos (N,) non-decreasing, N >= 1; wanted (W,))."""
+    wanted = np.asarray(wanted, np.float64)
+    hi = np.clip(np.searchsorted(map_pos, wanted), 0, len(map_pos) - 1)  # first at or after, else the last
+    pair = np.stack([np.maximum(hi - 1, 0), hi], axis=1)
+    dist = np.abs(map_pos[pair] - wanted[:, None])
+    order = np.argsort(dist, axis=1, kind="stable")
+    pair, dist = np.take_along_axis(pair, order, 1), np.take_along_axis(dist, order, 1)
+    pair[:, 1] = np.where(pair[:, 1] == pair[:, 0], -1, pair[:, 1])
+    return np.where((dist <= max_gap) & (pair >= 0), pair, -1)
+
+
+def backfill_rows(j: int, query_pos: np.ndarray, map_pos: np.ndarray, max_gap: float) -> np.ndarray:
+    """The map keyframes to back-fill each query keyframe of the window with when the current one
+    matches map keyframe ``j``: int (W, 2), the two map keyframes either side of the aligned position
+    (nearest first, :func:`bracketing_rows`), none past ``j``; -1 where none.
+
+    The second one is tried when the first fails (at a turn the nearest can be the view round the
+    corner); a position just before the map's start gets the map's first keyframe while within ``max_gap``.
+    """
+    rows = bracketing_rows(map_pos, map_pos[j] - (query_pos[-1] - np.asarray(query_pos, np.float64)), max_gap)
+    return np.where(rows <= j, rows, -1)
 
 
 def best_match(scores: np.ndarray, lengths: np.ndarray, map_pos: np.ndarray, cfg: SequenceConfig,

@@ -36,6 +36,7 @@ from clino_vpr_ros.trajectory import evaluate_ate, session_trajectory  # noqa: E
 WITHOUT = {
     "consistency": lambda cfg: replace(cfg, consistency=replace(cfg.consistency, enabled=False)),
     "backfill": lambda cfg: replace(cfg, sequence=replace(cfg.sequence, backfill=False)),
+    "follow": lambda cfg: replace(cfg, sequence=replace(cfg.sequence, follow=False)),
 }
 
 

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from clino_vpr_ros.engine import ENGINE_PRESETS, LoopClosure, LoopClosureEngine
-from clino_vpr_ros.sequence import SequenceConfig, aligned_rows, best_match, sequence_scores, track_positions
+from clino_vpr_ros.engine import ENGINE_PRESETS, EngineConfig, LoopClosure, LoopClosureEngine
+from clino_vpr_ros.sequence import SequenceConfig, backfill_rows, best_match, sequence_scores, track_positions
 from clino_vpr_ros.session_map import SessionMap, SessionMapBuilder
 from clino_vpr_ros.trajectory import SessionTrajectory, evaluate_ate
 from clino_vpr_ros.triangulate import Neighbour, TriangulationConfig, camera_motion, triangulate_pair, with_triangulated_depths
@@ -194,22 +194,29 @@ def test_closures_halve_the_trajectory_error_of_drifting_odometry() -> None:
     assert report.closed["s"] <= 0.5 * report.odom["s"], (report.odom, report.closed)
 
 
-def test_aligned_rows_are_the_pairs_the_sequence_score_averaged() -> None:
+def test_backfill_rows_are_the_aligned_pairs_then_the_other_side() -> None:
     map_pos = np.arange(30, dtype=np.float64) * 1.5
     q_pos = np.array([100.0, 101.5, 103.0, 104.5, 106.0])  # another track, same spacing
-    assert aligned_rows(10, q_pos, map_pos, max_gap=0.6).tolist() == [6, 7, 8, 9, 10]
-    assert aligned_rows(2, q_pos, map_pos, max_gap=0.6).tolist() == [-1, -1, 0, 1, 2]  # nothing before the map's start
+    # the pairs the sequence score averaged, nothing else within the gap
+    assert backfill_rows(10, q_pos, map_pos, max_gap=0.6).tolist() == [[6, -1], [7, -1], [8, -1], [9, -1], [10, -1]]
+    assert backfill_rows(2, q_pos, map_pos, max_gap=0.6)[:, 0].tolist() == [-1, -1, 0, 1, 2]  # nothing before the map's start
+    # a wider gap: the keyframe on the other side of the aligned position, and the map's first keyframe
+    # for the query keyframe just before a revisit of the map's start; never one past the match
+    assert backfill_rows(2, q_pos, map_pos, max_gap=1.6).tolist() == [[-1, -1], [0, -1], [0, -1], [1, 0], [2, 1]]
+    q_half = q_pos + np.array([0.7, 0.7, 0.7, 0.7, 0.0])  # the earlier ones half-way between map keyframes
+    assert backfill_rows(10, q_half, map_pos, max_gap=1.0).tolist() == [[6, 7], [7, 8], [8, 9], [9, 10], [10, -1]]
 
 
 STREET_DIM, STREET_REVISIT = 64, 40  # descriptor size; the keyframe where the street's second drive starts
 
 
-def _street_revisit() -> tuple[SessionMap, dict[int, np.ndarray]]:
+def _street_revisit(aliased: range = range(0)) -> tuple[SessionMap, dict[int, np.ndarray]]:
     """A street driven twice (keyframes 0-19, a detour, then 40-59 0.8 m aside), RGB only (no depth):
     the session map and each keyframe's camera pose (= its odometry pose).
 
     Global descriptors: one per place along the street (consecutive places alike) plus noise; local
-    features: projections of the street's 3-D points.
+    features: projections of the street's 3-D points. The revisit keyframes in ``aliased`` look as much
+    like a detour keyframe (no local features there) as like their own place; their local features stay.
     """
     rng = np.random.default_rng(4)
     K = np.array([[320.0, 0, 320], [0, 320, 240], [0, 0, 1]])
@@ -217,16 +224,19 @@ def _street_revisit() -> tuple[SessionMap, dict[int, np.ndarray]]:
     street_desc = rng.integers(0, 256, size=(1200, 128), dtype=np.uint8)
     places = _unit(np.cumsum(rng.normal(size=(20, STREET_DIM)), axis=0))  # a random walk: consecutive places alike
     builder = SessionMapBuilder("s", "fp", STREET_DIM, feature="sift")
-    poses = {}
+    poses, descs = {}, []
     for k in range(60):
         if k < 20 or k >= STREET_REVISIT:
             p = k % STREET_REVISIT
             pose = _pose(3.0, (0.8, 0.0, 1.5 * p - 6.0)) if k >= STREET_REVISIT else _pose(0.0, (0.0, 0.0, 1.5 * p - 6.0))
             desc = _unit(places[p] + 0.3 * rng.normal(size=STREET_DIM) / math.sqrt(STREET_DIM))
+            if k in aliased:
+                desc = _unit(desc + descs[k - 30])
             feats = _view(street, pose, K, street_desc, rng)
         else:  # the detour: elsewhere, nothing in common with the street
             pose, desc, feats = _pose(0.0, (0.0, 0.0, 500.0 + 1.5 * k)), _unit(rng.normal(size=STREET_DIM)), None
         poses[k] = pose
+        descs.append(desc)
         builder.append(k, 2.0 * k, desc, pose, K, feats)
     return builder.snapshot(), poses
 
@@ -246,6 +256,43 @@ def test_backfill_closes_the_first_keyframes_of_a_revisit() -> None:
     early = {c.query_id for row, c in found if c.query_id in range(first, first + 4)}
     assert len(early) >= 3
     assert all(row > c.query_id for row, c in found if c.query_id in early)  # published once the window was full
+
+
+def test_follow_keeps_a_revisit_found_where_the_places_look_like_another_one() -> None:
+    """The street driven twice, the last 10 revisit keyframes looking as much like a detour as like the
+    street (a look-alike stretch: the sequence margin falls short, so no anchor comes after them and
+    back-filling cannot reach them). Following the revisit from its last closure gives every one of them
+    its right closure; without it they get none."""
+    smap, _ = _street_revisit(aliased=range(50, 60))
+    first = STREET_REVISIT
+
+    def closures(cfg: EngineConfig) -> list[LoopClosure]:
+        engine = LoopClosureEngine(cfg, STREET_DIM, "fp", "s")
+        return [c for row in range(len(smap)) for c in engine.replay_keyframe(smap, row).closures]
+
+    default = ENGINE_PRESETS["default"]
+    followed = closures(default)
+    assert all(c.query_id - first == c.match_id for c in followed), [(c.query_id, c.match_id) for c in followed]
+    assert {c.query_id for c in followed} >= set(range(50, 60))
+    unfollowed = closures(replace(default, sequence=replace(default.sequence, follow=False)))
+    assert not {c.query_id for c in unfollowed} & set(range(50, 60))
+
+
+def test_metric_closures_beyond_the_place_radius_never_reach_the_back_end() -> None:
+    """The revisit drives 0.8 m aside of the first pass: with ``max_translation_m`` below that no metric
+    closure is published (views that share features from too far apart are not revisits); the
+    ``default`` preset's 7.5 m (inside the ground truth's 8 m place radius) keeps them."""
+    smap, _ = _street_revisit()
+
+    def closures(cfg: EngineConfig) -> list[LoopClosure]:
+        engine = LoopClosureEngine(cfg, STREET_DIM, "fp", "s")
+        return [c for row in range(len(smap)) for c in engine.replay_keyframe(smap, row).closures]
+
+    default = ENGINE_PRESETS["default"]
+    assert default.max_translation_m == 7.5
+    kept = [c for c in closures(default) if c.metric]
+    assert len(kept) >= 10 and all(np.linalg.norm(c.T_query_match[:3, 3]) < 1.0 for c in kept)
+    assert not [c for c in closures(replace(default, max_translation_m=0.5)) if c.metric]
 
 
 def test_rgb_only_revisit_closures_through_the_engine_carry_accurate_metric_translations() -> None:
