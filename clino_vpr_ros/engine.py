@@ -336,7 +336,7 @@ class LoopClosureEngine:
         self._live_odom_count = 0
         self._backfilled: set[tuple[int, int]] = set()  # (live row, source) with a verified closure
         self._backfill_tried: set[tuple[int, int, int]] = set()  # (live row, source, track index) verified by back-filling
-        self._followed: dict[int, tuple[_Accepted, LoopClosure]] = {}  # source -> its revisit's latest verified match
+        self._followed: dict[int, tuple[_Accepted, LoopClosure]] = {}  # source -> its revisit's latest published closure
         self._consistency = ConsistencyGate(self.cfg.consistency)
         self._next_id = 0
         self._last_autosave_clock: float | None = None

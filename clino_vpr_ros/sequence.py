@@ -46,10 +46,10 @@ class SequenceConfig:
     before the current one are back-filled along the same alignment (4: the window's).
     backfill_gap_factor: a back-filled keyframe's map keyframe may lie this many ``max_align_gap_*`` from
     its aligned position (:func:`backfill_rows`; > 1 reaches the first keyframes of a revisit of a map's start).
-    follow: a keyframe that gets no closure of its own to a map whose revisit had a verified match at most
-    ``backfill_keyframes`` keyframes before is verified against the map keyframes that match and the
-    travelled distance since put it at (the back-filling pair tests, forward): a revisit stays found
-    through a stretch where the sequence margin falls short, as back-filling keeps it before its first anchor.
+    follow: a keyframe that gets no closure of its own to a map whose revisit had a published closure at
+    most ``backfill_keyframes`` keyframes before is verified against the map keyframes that closure and
+    the travelled distance since put it at (the back-filling pair tests, forward; each success leads on):
+    a revisit stays found through a stretch where the sequence margin falls short.
     """
 
     enabled: bool = False
