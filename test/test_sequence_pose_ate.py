@@ -241,6 +241,12 @@ def _street_revisit(aliased: range = range(0)) -> tuple[SessionMap, dict[int, np
     return builder.snapshot(), poses
 
 
+def _replayed(smap: SessionMap, cfg: EngineConfig) -> list[LoopClosure]:
+    """Every closure an engine with ``cfg`` publishes while ``smap``'s keyframes arrive in order."""
+    engine = LoopClosureEngine(cfg, STREET_DIM, "fp", "s")
+    return [c for row in range(len(smap)) for c in engine.replay_keyframe(smap, row).closures]
+
+
 def test_backfill_closes_the_first_keyframes_of_a_revisit() -> None:
     """The street driven twice, default preset. The window must fill before a sequence is accepted;
     back-filling then gives the revisit's first keyframes their closures, late, against the places
@@ -265,16 +271,11 @@ def test_follow_keeps_a_revisit_found_where_the_places_look_like_another_one() -
     its right closure; without it they get none."""
     smap, _ = _street_revisit(aliased=range(50, 60))
     first = STREET_REVISIT
-
-    def closures(cfg: EngineConfig) -> list[LoopClosure]:
-        engine = LoopClosureEngine(cfg, STREET_DIM, "fp", "s")
-        return [c for row in range(len(smap)) for c in engine.replay_keyframe(smap, row).closures]
-
     default = ENGINE_PRESETS["default"]
-    followed = closures(default)
+    followed = _replayed(smap, default)
     assert all(c.query_id - first == c.match_id for c in followed), [(c.query_id, c.match_id) for c in followed]
     assert {c.query_id for c in followed} >= set(range(50, 60))
-    unfollowed = closures(replace(default, sequence=replace(default.sequence, follow=False)))
+    unfollowed = _replayed(smap, replace(default, sequence=replace(default.sequence, follow=False)))
     assert not {c.query_id for c in unfollowed} & set(range(50, 60))
 
 
@@ -283,24 +284,18 @@ def test_metric_closures_beyond_the_place_radius_never_reach_the_back_end() -> N
     closure is published (views that share features from too far apart are not revisits); the
     ``default`` preset's 7.5 m (inside the ground truth's 8 m place radius) keeps them."""
     smap, _ = _street_revisit()
-
-    def closures(cfg: EngineConfig) -> list[LoopClosure]:
-        engine = LoopClosureEngine(cfg, STREET_DIM, "fp", "s")
-        return [c for row in range(len(smap)) for c in engine.replay_keyframe(smap, row).closures]
-
     default = ENGINE_PRESETS["default"]
     assert default.max_translation_m == 7.5
-    kept = [c for c in closures(default) if c.metric]
+    kept = [c for c in _replayed(smap, default) if c.metric]
     assert len(kept) >= 10 and all(np.linalg.norm(c.T_query_match[:3, 3]) < 1.0 for c in kept)
-    assert not [c for c in closures(replace(default, max_translation_m=0.5)) if c.metric]
+    assert not [c for c in _replayed(smap, replace(default, max_translation_m=0.5)) if c.metric]
 
 
 def test_rgb_only_revisit_closures_through_the_engine_carry_accurate_metric_translations() -> None:
     """The engine triangulates the match keyframe from its neighbours (only the keypoints paired with
     the query): the closures of an RGB-only revisit are metric and their translation is right."""
     smap, poses = _street_revisit()
-    engine = LoopClosureEngine(ENGINE_PRESETS["default"], STREET_DIM, "fp", "s")
-    closures = [c for row in range(len(smap)) for c in engine.replay_keyframe(smap, row).closures]
+    closures = _replayed(smap, ENGINE_PRESETS["default"])
     metric = [c for c in closures if c.metric]
     assert len(closures) >= 15 and len(metric) >= 0.8 * len(closures)
     for c in metric:
