@@ -16,6 +16,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python}
 CLI="$PY -m clino_vpr_ros.cli"
+. scripts/gate_semantic_eval.sh
 for f in standin.ckpt standin_tb.ckpt clip_labels/model.safetensors tb_gate_sem_2e-2/best.safetensors; do
   [ -e "$W/$f" ] || { echo "missing $W/$f: run scripts/gate_semantic_standin.sh $W first" >&2; exit 1; }
 done
@@ -38,15 +39,7 @@ for lr in 2e-2 5e-3; do
 done
 best=$($PY scripts/gate_semantic_summary.py choose-run "$W/gate_sem_long_2e-2" "$W/gate_sem_long_5e-3")
 $CLI export --checkpoint "$best" --out "$W/gate_sem_long.onnx"
-for t in "${TOWNS[@]}"; do for c in same cross; do
-  [ -f "$W/res_standin_${t}_$c.json" ] || $CLI eval recall --model "$W/standin.onnx" \
-      --data "$W/eval$t/synth0${t}_$c" --out "$W/res_standin_${t}_$c.json"
-  $CLI eval recall --model "$W/gate_sem_long.onnx" --data "$W/eval$t/synth0${t}_$c" --out "$W/res_gate_sem_long_${t}_$c.json"
-done; done
-for c in cross same; do
-  $PY scripts/paired_recall.py "$W/standin.onnx" "$W/gate_sem_long.onnx" --data $(sets $c) --out "$W/paired_gate_sem_long_$c.json"
-done
-$PY scripts/gate_clutter_report.py "$W/gate_sem_long.onnx" --towns 900 902 --views 60 --out "$W/gate_sem_long_report"
+evaluate_gated standin gate_sem_long
 # 2. oracle masks; any gated checkpoint of a stand-in carries its frozen backbone and SALAD (its gate is unused
 #    except for the "own_gate" row)
 [ -f "$W/gate_sem_2e-2/best.safetensors" ] || { echo "missing $W/gate_sem_2e-2/best.safetensors" >&2; exit 1; }

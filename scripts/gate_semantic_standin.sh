@@ -20,6 +20,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python}
 CLI="$PY -m clino_vpr_ros.cli"
+. scripts/gate_semantic_eval.sh
 # data and the stand-in checkpoint, exactly as gate_on_salad_standin.sh makes them
 [ -d "$W/gsv" ] || $CLI synth gsv --out "$W/gsv" --towns 0 1 2 3 4 5 --places 120 --size 112 112
 for t in 901 900 902 903 904; do
@@ -64,16 +65,7 @@ gate_on() {
   done
   best=$($PY scripts/gate_semantic_summary.py choose "$W" "$out" $lrs)
   $CLI export --checkpoint "$W/${out}_$best/best.safetensors" --out "$W/$out.onnx"
-  for t in "${TOWNS[@]}"; do for c in same cross; do
-    # the imported stand-in once (it does not change); the gated model every time (the choice may have)
-    [ -f "$W/res_${standin}_${t}_$c.json" ] || $CLI eval recall --model "$W/$standin.onnx" \
-        --data "$W/eval$t/synth0${t}_$c" --out "$W/res_${standin}_${t}_$c.json"
-    $CLI eval recall --model "$W/$out.onnx" --data "$W/eval$t/synth0${t}_$c" --out "$W/res_${out}_${t}_$c.json"
-  done; done
-  for c in cross same; do
-    $PY scripts/paired_recall.py "$W/$standin.onnx" "$W/$out.onnx" --data $(sets $c) --out "$W/paired_${out}_$c.json"
-  done
-  $PY scripts/gate_clutter_report.py "$W/$out.onnx" --towns 900 902 --views 60 --out "$W/${out}_report"
+  evaluate_gated "$standin" "$out"
 }
 # 2. (c) on the 300-iteration stand-in; (c) and the random-tower control (a) on the stronger one
 gate_on standin gate_sem "5e-3 2e-2" "$W/clip_labels"
